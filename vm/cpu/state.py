@@ -41,7 +41,7 @@ EXC_EXIT_BITMAP = 25  # bit v set: exception v exits instead of being delivered
 EXIT_CONTROLS = 26  # bits below: which events exit
 MEM_BASE = 27  # guest-physical window: host index = MEM_BASE + physical address
 MEM_SIZE = 28  # ... for physical addresses below MEM_SIZE only
-N_BREAKPOINTS = 29  # how many entries of the breakpoint array are live
+N_BREAKPOINTS = 29  # how many BREAKPOINTS slots are live
 SKIP_BREAKPOINT = 30  # 1: do not stop at a breakpoint on the first instruction of a run
 
 # System registers (descriptor-table registers) for the system model.
@@ -51,7 +51,21 @@ IDTR_BASE = 33
 IDTR_LIMIT = 34
 TR = 35
 
-STATE_SIZE = 64
+# Scratch slots the memory helpers fill when an access faults (vector, error code).
+FAULT_VECTOR = 36
+FAULT_ERROR = 37
+
+# Slot ranges after the registers: breakpoint addresses, then the cost table
+# (simulated cycles per instruction form, see vm.isa.opcode_cost_table).
+MAX_BREAKPOINTS = 64
+BREAKPOINTS = 64
+COST_TABLE = BREAKPOINTS + MAX_BREAKPOINTS
+COST_TABLE_SIZE = 512 * 8
+STATE_SIZE = COST_TABLE + COST_TABLE_SIZE
+
+# The core keeps a few bytes of scratch at the very end of the memory array, outside
+# every guest window (instruction bytes fetched near the end of a window).
+SCRATCH_SIZE = 32
 
 # Exit-control bits (EXIT_CONTROLS).
 EXIT_ON_IO = 1
@@ -73,16 +87,17 @@ FLAG_IOPL = 0x3000
 ARITH_FLAGS = FLAG_CF | FLAG_PF | FLAG_AF | FLAG_ZF | FLAG_SF | FLAG_OF
 EFLAGS_FIXED = 0x002  # bit 1 always reads as 1
 
-MAX_BREAKPOINTS = 64
-
 
 def new_state() -> np.ndarray:
     """A state array as the CPU is at reset: flat protected mode, ring 0."""
+    from vm.isa import DEFAULT_COST_TABLE
+
     state = np.zeros(STATE_SIZE, dtype=np.int64)
+    state[COST_TABLE : COST_TABLE + COST_TABLE_SIZE] = DEFAULT_COST_TABLE
     state[EFLAGS] = EFLAGS_FIXED
     state[CS] = 0x08
     state[SS] = 0x10
     state[CR0] = 0x1  # PE: protected mode from reset (see README, Differences)
     state[EXC_EXIT_BITMAP] = 0xFFFFFFFF
-    state[EXIT_CONTROLS] = EXIT_ON_IO | EXIT_ON_HLT | EXIT_ON_CPUID
+    state[EXIT_CONTROLS] = EXIT_ON_IO | EXIT_ON_HLT
     return state

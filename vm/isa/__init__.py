@@ -26,14 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "Form",
-    "FORMS",
-    "FLAG_BITS",
-    "forms_for",
-    "MNEMONICS",
     "COND_CODES",
-    "opcode_cost_table",
     "DEFAULT_COST_TABLE",
+    "FLAG_BITS",
+    "FORMS",
+    "MNEMONICS",
+    "Form",
+    "forms_for",
+    "opcode_cost_table",
 ]
 
 # EFLAGS bits by the letter the table uses for them.
@@ -156,8 +156,14 @@ def _string_forms() -> list[Form]:
             for rep in reps:
                 prefix = b"\xf2" if rep.startswith("repn") else b"\xf3"
                 forms.append(
-                    Form(f"{rep} {name}{suffix}", (), bytes([op + add]), prefix=prefix,
-                         writes=writes, cost=2)
+                    Form(
+                        f"{rep} {name}{suffix}",
+                        (),
+                        bytes([op + add]),
+                        prefix=prefix,
+                        writes=writes,
+                        cost=2,
+                    )
                 )
     return forms
 

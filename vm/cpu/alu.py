@@ -1,0 +1,208 @@
+"""Operands and arithmetic: register access, the eight ALU operations, shifts, MUL/DIV.
+
+Sizes are in bytes (1 or 4). Values are int64 in 0..mask. Functions that can fault
+return -1 (see vm.cpu.memory).
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+from vm.cpu.flags import LOP_ADD, LOP_LOGIC, LOP_SUB, PARITY, szp_flags
+from vm.cpu.memory import read, write
+from vm.cpu.state import ARITH_FLAGS, FLAG_CF, FLAG_OF
+
+MASK32 = 0xFFFFFFFF
+
+
+@njit(cache=True)
+def size_mask(size):
+    """0xFF for a byte operand, 0xFFFFFFFF for a dword."""
+    return 0xFF if size == 1 else MASK32
+
+
+@njit(cache=True)
+def sign_extend(value, size):
+    """A byte, word (size 2) or dword as a signed int64."""
+    bits = size * 8
+    sign = 1 << (bits - 1)
+    return (value & ((sign << 1) - 1)) - ((value & sign) << 1)
+
+
+@njit(cache=True)
+def get_reg(state, r, size):
+    """Register r: EAX..EDI for dwords; AL,CL,DL,BL,AH,CH,DH,BH for bytes."""
+    if size == 4:
+        return state[r]
+    if r < 4:
+        return state[r] & 0xFF
+    return (state[r - 4] >> 8) & 0xFF
+
+
+@njit(cache=True)
+def set_reg(state, r, size, value):
+    """Write register r (see get_reg); a byte write keeps the other 24 bits."""
+    if size == 4:
+        state[r] = value & MASK32
+    elif r < 4:
+        state[r] = (state[r] & 0xFFFFFF00) | (value & 0xFF)
+    else:
+        state[r - 4] = (state[r - 4] & 0xFFFF00FF) | ((value & 0xFF) << 8)
+
+
+@njit(cache=True)
+def get_rm(mem, state, mod, rm, ea, size):
+    """The r/m operand: register rm when mod == 3, else memory at ea (or -1)."""
+    if mod == 3:
+        return get_reg(state, rm, size)
+    return read(mem, state, ea, size)
+
+
+@njit(cache=True)
+def set_rm(mem, state, mod, rm, ea, size, value):
+    """Write the r/m operand; 0, or -1 on a fault."""
+    if mod == 3:
+        set_reg(state, rm, size, value)
+        return 0
+    return write(mem, state, ea, size, value)
+
+
+@njit(cache=True)
+def alu(op, a, b, carry, mask):
+    """ADD OR ADC SBB AND SUB XOR CMP (op 0..7) on a, b.
+
+    Returns (masked result, lazy-flags kind, unmasked result) for vm.cpu.flags.
+    """
+    if op == 0:  # ADD
+        r = a + b
+        return r & mask, LOP_ADD, r
+    if op == 1:  # OR
+        r = a | b
+        return r, LOP_LOGIC, r
+    if op == 2:  # ADC
+        r = a + b + carry
+        return r & mask, LOP_ADD, r
+    if op == 3:  # SBB
+        r = a - b - carry
+        return r & mask, LOP_SUB, r
+    if op == 4:  # AND
+        r = a & b
+        return r, LOP_LOGIC, r
+    if op == 6:  # XOR
+        r = a ^ b
+        return r, LOP_LOGIC, r
+    r = a - b  # SUB (5) and CMP (7)
+    return r & mask, LOP_SUB, r
+
+
+@njit(cache=True)
+def shift(kind, value, count, size, flags):
+    """ROL ROR RCL RCR SHL SHR SAL SAR (kind 0..7) by count (already masked to 5 bits).
+
+    ``flags`` is the materialized EFLAGS; returns (result, new EFLAGS). A count of 0
+    changes nothing. Rotates touch only CF and OF; shifts set SF ZF PF, clear AF.
+    """
+    if count == 0:
+        return value, flags
+    bits = size * 8
+    mask = size_mask(size)
+    msb = bits - 1
+    cf = flags & FLAG_CF
+    if kind == 0:  # ROL
+        c = count % bits
+        res = ((value << c) | (value >> (bits - c))) & mask if c else value
+        cf = res & 1
+        of = ((res >> msb) & 1) ^ cf
+        return res, (flags & ~(FLAG_CF | FLAG_OF)) | cf | (of << 11)
+    if kind == 1:  # ROR
+        c = count % bits
+        res = ((value >> c) | (value << (bits - c))) & mask if c else value
+        cf = (res >> msb) & 1
+        of = cf ^ ((res >> (msb - 1)) & 1)
+        return res, (flags & ~(FLAG_CF | FLAG_OF)) | cf | (of << 11)
+    if kind == 2 or kind == 3:  # RCL, RCR: rotate the (bits+1)-bit value CF:value
+        c = count % (bits + 1)
+        if c == 0:
+            return value, flags
+        wide = (cf << bits) | value
+        wmask = (mask << 1) | 1
+        if kind == 2:
+            wide = ((wide << c) | (wide >> (bits + 1 - c))) & wmask
+        else:
+            wide = ((wide >> c) | (wide << (bits + 1 - c))) & wmask
+        res = wide & mask
+        cf = (wide >> bits) & 1
+        if kind == 2:
+            of = ((res >> msb) & 1) ^ cf
+        else:
+            of = ((res >> msb) & 1) ^ ((res >> (msb - 1)) & 1)
+        return res, (flags & ~(FLAG_CF | FLAG_OF)) | cf | (of << 11)
+    if kind == 4 or kind == 6:  # SHL / SAL
+        src = (value << (count - 1)) & MASK32
+        res = (src << 1) & mask
+        cf = (src >> msb) & 1
+        of = ((res >> msb) & 1) ^ cf
+    elif kind == 5:  # SHR
+        src = value >> (count - 1)
+        res = src >> 1
+        cf = src & 1
+        of = ((src ^ res) >> msb) & 1
+    else:  # SAR
+        signed = sign_extend(value, size)
+        src = signed >> (count - 1)
+        res = (src >> 1) & mask
+        cf = src & 1
+        of = 0
+    return res, (flags & ~ARITH_FLAGS) | cf | szp_flags(res, mask) | (of << 11)
+
+
+@njit(cache=True)
+def mul_flags(flags, low, mask, overflow):
+    """EFLAGS after MUL/IMUL: CF = OF = overflow; SF ZF PF from the low half; AF = 0."""
+    out = (flags & ~ARITH_FLAGS) | szp_flags(low, mask)
+    if overflow:
+        out |= FLAG_CF | FLAG_OF
+    return out
+
+
+@njit(cache=True)
+def umul32(a, b):
+    """Unsigned 32x32 -> (high dword, low dword), without overflowing int64."""
+    a_lo = a & 0xFFFF
+    a_hi = a >> 16
+    b_lo = b & 0xFFFF
+    b_hi = b >> 16
+    lo_lo = a_lo * b_lo
+    mid = a_lo * b_hi + a_hi * b_lo + (lo_lo >> 16)  # < 2**34
+    low = ((mid & 0xFFFF) << 16) | (lo_lo & 0xFFFF)
+    high = a_hi * b_hi + (mid >> 16)
+    return high & MASK32, low & MASK32
+
+
+@njit(cache=True)
+def udiv64(high, low, divisor):
+    """Unsigned (high:low) / divisor for high < divisor -> (quotient, remainder).
+
+    Long division in 16-bit digits so every intermediate fits in int64.
+    """
+    t = (high << 16) | (low >> 16)
+    q1 = t // divisor
+    r = t % divisor
+    t = (r << 16) | (low & 0xFFFF)
+    q0 = t // divisor
+    return ((q1 << 16) | q0) & MASK32, t % divisor
+
+
+@njit(cache=True)
+def trunc_div(n, d):
+    """Signed division rounding toward zero, as IDIV does -> (quotient, remainder)."""
+    q = abs(n) // abs(d)
+    if (n < 0) != (d < 0):
+        q = -q
+    return q, n - q * d
+
+
+@njit(cache=True)
+def parity(value):
+    """x86's PF for a value: 1 when its low byte has an even number of set bits."""
+    return PARITY[value & 0xFF]

@@ -1,0 +1,174 @@
+"""Instruction decoding: prefixes, opcode, ModRM/SIB/displacement, immediate.
+
+The decoder is table-driven: ``OPINFO`` (built from the instruction table in vm.isa) says
+for each opcode whether a ModRM byte follows, how many immediate bytes follow, and which
+ModRM digits are supported. The core decodes every instruction with ``decode`` and then
+executes it by opcode; ``instruction_length`` runs the same decoder from Python.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from vm.isa import FORMS, IMM_SIZES
+
+# OPINFO bits, per opcode index (first byte, or 256 + second byte after 0F).
+HAS_MODRM = 1 << 0
+IMM_SHIFT = 1  # bits 1..3: immediate size in bytes (0, 1, 2 or 4)
+IMM_ONLY_DIGIT0 = 1 << 4  # F6/F7: only /0 (TEST) has an immediate
+VALID = 1 << 5
+DIGITS_SHIFT = 8  # bits 8..15: ModRM digits supported (all eight for /r and no-ModRM)
+
+MAX_PREFIXES = 4
+MAX_INSTRUCTION = 15
+
+# Prefixes the decoder accepts. Segment overrides are no-ops: segments are flat.
+PREFIX_REP = 0xF3
+PREFIX_REPNE = 0xF2
+SEGMENT_PREFIXES = (0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65)
+
+
+def opcode_index(opcode: bytes) -> int:
+    """The OPINFO index of an opcode: its byte, or 256 + the byte after 0F."""
+    return 256 + opcode[1] if opcode[0] == 0x0F else opcode[0]
+
+
+def build_opinfo() -> np.ndarray:
+    """Derive the decoder's per-opcode table from vm.isa.FORMS."""
+    info = np.zeros(512, dtype=np.int64)
+    imm_by_digit: dict[int, dict[int, int]] = {}
+    for form in FORMS:
+        index = opcode_index(form.opcode)
+        imm = sum(IMM_SIZES.get(kind, 0) for kind in form.operands)
+        indices = [index + r for r in range(8)] if form.plus_reg else [index]
+        for i in indices:
+            bits = VALID
+            if form.modrm is not None:
+                bits |= HAS_MODRM
+            if form.modrm in (None, "r"):
+                digits = 0xFF
+            else:
+                digits = 1 << int(form.modrm)
+                imm_by_digit.setdefault(i, {})[int(form.modrm)] = imm
+            info[i] |= bits | (digits << DIGITS_SHIFT)
+            info[i] |= max(imm, (int(info[i]) >> IMM_SHIFT) & 7) << IMM_SHIFT
+    for i, sizes in imm_by_digit.items():
+        if len(set(sizes.values())) > 1:  # F6/F7: TEST has an immediate, NOT..IDIV do not
+            assert set(sizes) >= {0} and all(v == 0 for d, v in sizes.items() if d != 0), i
+            info[i] = (info[i] & ~(7 << IMM_SHIFT)) | (sizes[0] << IMM_SHIFT) | IMM_ONLY_DIGIT0
+    # VMCALL is 0F 01 C1: only that ModRM byte; the decoder checks it (see decode).
+    return info
+
+
+OPINFO = build_opinfo()
+OPCODE_0F01 = 256 + 0x01
+
+
+@njit(cache=True)
+def sign8(v):
+    """Sign-extend a byte to int64."""
+    return v - 256 if v & 0x80 else v
+
+
+@njit(cache=True)
+def fetch32(code, q):
+    """Little-endian dword from a byte array."""
+    return (
+        np.int64(code[q])
+        | (np.int64(code[q + 1]) << 8)
+        | (np.int64(code[q + 2]) << 16)
+        | (np.int64(code[q + 3]) << 24)
+    )
+
+
+@njit(cache=True)
+def decode(code, p, regs, opinfo):
+    """Decode the instruction at code[p:].
+
+    Returns (length, opcode index, rep prefix, mod, reg, rm, effective address, immediate),
+    with length 0 for an encoding the CPU does not support (#UD). ``rep`` is 0, 0xF3 or 0xF2.
+    The effective address uses the current registers (``regs`` = the state array).
+    """
+    q = p
+    rep = 0
+    while True:
+        b = code[q]
+        if b in (PREFIX_REP, PREFIX_REPNE):
+            rep = np.int64(b)
+        elif b == 0x26 or b == 0x2E or b == 0x36 or b == 0x3E or b == 0x64 or b == 0x65:
+            pass
+        else:
+            break
+        q += 1
+        if q - p > MAX_PREFIXES:
+            return 0, 0, 0, 0, 0, 0, 0, 0
+    op = np.int64(code[q])
+    q += 1
+    if op == 0x0F:
+        op = 256 + np.int64(code[q])
+        q += 1
+    info = opinfo[op]
+    if info == 0:
+        return 0, op, rep, 0, 0, 0, 0, 0
+    mod = 0
+    reg = 0
+    rm = 0
+    ea = 0
+    if info & HAS_MODRM:
+        modrm = np.int64(code[q])
+        q += 1
+        mod = modrm >> 6
+        reg = (modrm >> 3) & 7
+        rm = modrm & 7
+        if not (info >> (DIGITS_SHIFT + reg)) & 1:
+            return 0, op, rep, mod, reg, rm, 0, 0
+        if op == OPCODE_0F01 and modrm != 0xC1:
+            return 0, op, rep, mod, reg, rm, 0, 0
+        if mod != 3:
+            if rm == 4:  # SIB byte follows
+                sib = np.int64(code[q])
+                q += 1
+                index = (sib >> 3) & 7
+                base = sib & 7
+                if index != 4:
+                    ea = regs[index] << (sib >> 6)
+                if base == 5 and mod == 0:
+                    ea += fetch32(code, q)
+                    q += 4
+                else:
+                    ea += regs[base]
+            elif rm == 5 and mod == 0:  # disp32, no base
+                ea = fetch32(code, q)
+                q += 4
+            else:
+                ea = regs[rm]
+            if mod == 1:
+                ea += sign8(np.int64(code[q]))
+                q += 1
+            elif mod == 2:
+                ea += fetch32(code, q)
+                q += 4
+            ea &= 0xFFFFFFFF
+    size = (info >> IMM_SHIFT) & 7
+    if (info & IMM_ONLY_DIGIT0) and reg != 0:
+        size = 0
+    imm = 0
+    if size == 1:
+        imm = np.int64(code[q])
+    elif size == 4:
+        imm = fetch32(code, q)
+    elif size == 2:
+        imm = np.int64(code[q]) | (np.int64(code[q + 1]) << 8)
+    q += size
+    return q - p, op, rep, mod, reg, rm, ea, imm
+
+
+def instruction_length(code: bytes) -> int:
+    """Length of the first instruction in ``code`` as the CPU decodes it; 0 if unsupported."""
+    buf = np.zeros(MAX_INSTRUCTION + 16, dtype=np.uint8)
+    data = bytes(code[:MAX_INSTRUCTION])
+    buf[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+    regs = np.zeros(8, dtype=np.int64)
+    length = int(decode(buf, 0, regs, OPINFO)[0])
+    return length if length <= len(data) else 0

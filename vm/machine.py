@@ -1,0 +1,322 @@
+"""A bare-metal machine: the CPU core, its memory, and a Python API over the run loop.
+
+>>> from vm.machine import Machine
+>>> m = Machine()
+>>> m.load_asm("mov eax, 6\\nimul eax, eax, 7\\nhlt")
+>>> m.run()
+Exit(HALT at 0x00001009)
+>>> m.regs.eax
+42
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vm.cpu import state as S
+from vm.cpu.core import run as core_run
+from vm.cpu.exits import ExitReason
+
+DEFAULT_MEMORY = 1 << 20
+DEFAULT_LOAD_ADDRESS = 0x1000
+DEFAULT_BUDGET = 100_000_000
+
+VECTOR_NAMES = {
+    0: "#DE",
+    1: "#DB",
+    2: "NMI",
+    3: "#BP",
+    4: "#OF",
+    5: "#BR",
+    6: "#UD",
+    7: "#NM",
+    8: "#DF",
+    10: "#TS",
+    11: "#NP",
+    12: "#SS",
+    13: "#GP",
+    14: "#PF",
+    16: "#MF",
+    17: "#AC",
+}
+
+
+def vector_name(vector: int) -> str:
+    """'#GP' for 13, 'INT 0x80' for a software interrupt vector."""
+    return VECTOR_NAMES.get(vector, f"INT {vector:#x}")
+
+
+@dataclass(frozen=True)
+class Exit:
+    """Why run() returned, with that exit's arguments."""
+
+    reason: ExitReason
+    eip: int
+    vector: int = -1
+    error_code: int = -1
+    port: int = -1
+    size: int = 0
+    is_in: bool = False
+    value: int = 0
+
+    def __str__(self) -> str:
+        where = f"at {self.eip:#010x}"
+        if self.reason == ExitReason.FAULT:
+            code = f"({self.error_code:#x})" if self.error_code >= 0 else ""
+            return f"{self.reason.name} {vector_name(self.vector)}{code} {where}"
+        if self.reason == ExitReason.IO:
+            if self.is_in:
+                return f"IO in port {self.port:#x} ({self.size} bytes) {where}"
+            return f"IO out port {self.port:#x} value {self.value:#x} ({self.size} bytes) {where}"
+        return f"{self.reason.name} {where}"
+
+    def __repr__(self) -> str:
+        return f"Exit({self})"
+
+
+class Registers:
+    """The general registers by name: ``m.regs.eax``, ``m.regs["esp"] = 0x8000``.
+
+    Reads and writes go straight to the machine's state array. Byte registers (al, ah,
+    ...) and eip/eflags work too.
+    """
+
+    def __init__(self, state: np.ndarray) -> None:
+        object.__setattr__(self, "_state", state)
+
+    def _slot(self, name: str) -> int:
+        name = name.lower()
+        if name in S.REG_NAMES:
+            return S.REG_NAMES.index(name)
+        if name == "eip":
+            return S.EIP
+        if name == "eflags":
+            return S.EFLAGS
+        raise KeyError(f"no register named {name!r} (try one of {', '.join(S.REG_NAMES)})")
+
+    def __getitem__(self, name: str) -> int:
+        if name.lower() in S.REG8_NAMES:
+            r = S.REG8_NAMES.index(name.lower())
+            value = int(self._state[r & 3])
+            return (value >> 8) & 0xFF if r & 4 else value & 0xFF
+        return int(self._state[self._slot(name)])
+
+    def __setitem__(self, name: str, value: int) -> None:
+        value = _as_u32(value, name)
+        if name.lower() in S.REG8_NAMES:
+            if value > 0xFF:
+                raise ValueError(f"{name} is a byte register: {value:#x} does not fit")
+            r = S.REG8_NAMES.index(name.lower())
+            old = int(self._state[r & 3])
+            shift = 8 if r & 4 else 0
+            self._state[r & 3] = (old & ~(0xFF << shift) & 0xFFFFFFFF) | (value << shift)
+            return
+        self._state[self._slot(name)] = value
+
+    def __getattr__(self, name: str) -> int:
+        try:
+            return self[name]
+        except KeyError as error:
+            raise AttributeError(str(error)) from None
+
+    def __setattr__(self, name: str, value: int) -> None:
+        try:
+            self[name] = value
+        except KeyError as error:
+            raise AttributeError(str(error)) from None
+
+    def as_dict(self) -> dict[str, int]:
+        """All eight general registers and EIP as a dict."""
+        out = {name: int(self._state[i]) for i, name in enumerate(S.REG_NAMES)}
+        out["eip"] = int(self._state[S.EIP])
+        return out
+
+    def __repr__(self) -> str:
+        parts = [f"{name}={value:#010x}" for name, value in self.as_dict().items()]
+        return "Registers(" + " ".join(parts) + ")"
+
+
+def _as_u32(value: int, what: str) -> int:
+    if not isinstance(value, int | np.integer) or isinstance(value, bool):
+        raise TypeError(f"{what} must be an integer, not {type(value).__name__}")
+    value = int(value)
+    if not -(1 << 31) <= value <= 0xFFFFFFFF:
+        raise ValueError(f"{what} = {value:#x} does not fit in 32 bits")
+    return value & 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A copy of a whole machine (state, memory) that restore() puts back."""
+
+    state: np.ndarray
+    memory: np.ndarray
+
+
+class Machine:
+    """A CPU with flat memory (physical = linear), at ring 0, ready to run code."""
+
+    def __init__(self, memory_size: int = DEFAULT_MEMORY) -> None:
+        if not isinstance(memory_size, int) or not 4096 <= memory_size <= 1 << 30:
+            raise ValueError(f"memory_size must be an int from 4096 to 1 GiB, not {memory_size!r}")
+        self.state = S.new_state()
+        self.memory = np.zeros(memory_size + S.SCRATCH_SIZE, dtype=np.uint8)
+        self.state[S.MEM_SIZE] = memory_size
+        self.state[S.ESP] = memory_size  # the stack grows down from the top of memory
+        self.regs = Registers(self.state)
+        self.program = None  # the last Program loaded by load_asm, for listings
+
+    # ---- memory ---------------------------------------------------------------------------
+    @property
+    def memory_size(self) -> int:
+        """Bytes of guest memory."""
+        return int(self.state[S.MEM_SIZE])
+
+    def _check_range(self, address: int, length: int) -> None:
+        if not isinstance(address, int | np.integer) or address < 0:
+            raise ValueError(f"address must be a non-negative integer, not {address!r}")
+        if address + length > self.memory_size:
+            raise ValueError(
+                f"{length} bytes at {address:#x} do not fit in {self.memory_size:#x} bytes of memory"
+            )
+
+    def load(self, address: int, data: bytes) -> None:
+        """Copy bytes into memory at address."""
+        data = bytes(data)
+        self._check_range(address, len(data))
+        self.memory[address : address + len(data)] = np.frombuffer(data, dtype=np.uint8)
+
+    write = load
+
+    def read(self, address: int, length: int) -> bytes:
+        """Bytes of memory."""
+        self._check_range(address, length)
+        return self.memory[address : address + length].tobytes()
+
+    def read32(self, address: int) -> int:
+        """A little-endian dword of memory."""
+        return int.from_bytes(self.read(address, 4), "little")
+
+    def write32(self, address: int, value: int) -> None:
+        """Store a little-endian dword."""
+        self.load(address, _as_u32(value, "value").to_bytes(4, "little"))
+
+    def load_asm(self, source: str, address: int = DEFAULT_LOAD_ADDRESS, **kw):
+        """Assemble NASM-syntax source at address, load it, and point EIP at it."""
+        from vm.asm import assemble
+
+        program = assemble(source, origin=address, **kw)
+        self.load(address, program.code)
+        self.eip = address
+        self.program = program
+        return program
+
+    # ---- registers ------------------------------------------------------------------------
+    @property
+    def eip(self) -> int:
+        return int(self.state[S.EIP])
+
+    @eip.setter
+    def eip(self, value: int) -> None:
+        self.state[S.EIP] = _as_u32(value, "eip")
+
+    @property
+    def eflags(self) -> int:
+        return int(self.state[S.EFLAGS])
+
+    @eflags.setter
+    def eflags(self, value: int) -> None:
+        self.state[S.EFLAGS] = _as_u32(value, "eflags") | S.EFLAGS_FIXED
+
+    @property
+    def cpl(self) -> int:
+        """Current privilege level (CS.RPL)."""
+        return int(self.state[S.CS]) & 3
+
+    @property
+    def instructions(self) -> int:
+        """Instructions retired since the machine was made."""
+        return int(self.state[S.INSTRUCTIONS])
+
+    @property
+    def cycles(self) -> int:
+        """Simulated cycles since the machine was made."""
+        return int(self.state[S.CYCLES])
+
+    # ---- breakpoints ----------------------------------------------------------------------
+    @property
+    def breakpoints(self) -> list[int]:
+        """Addresses where run() stops before executing the instruction."""
+        n = int(self.state[S.N_BREAKPOINTS])
+        return [int(a) for a in self.state[S.BREAKPOINTS : S.BREAKPOINTS + n]]
+
+    def add_breakpoint(self, address: int) -> None:
+        """Stop (exit BREAKPOINT) before executing the instruction at address."""
+        address = _as_u32(address, "breakpoint address")
+        points = self.breakpoints
+        if address in points:
+            return
+        if len(points) >= S.MAX_BREAKPOINTS:
+            raise ValueError(f"at most {S.MAX_BREAKPOINTS} breakpoints")
+        self.state[S.BREAKPOINTS + len(points)] = address
+        self.state[S.N_BREAKPOINTS] = len(points) + 1
+
+    def remove_breakpoint(self, address: int) -> None:
+        """Forget a breakpoint (no error if there is none)."""
+        points = [a for a in self.breakpoints if a != address]
+        self.state[S.BREAKPOINTS : S.BREAKPOINTS + len(points)] = points
+        self.state[S.N_BREAKPOINTS] = len(points)
+
+    # ---- running --------------------------------------------------------------------------
+    def run(self, budget: int = DEFAULT_BUDGET) -> Exit:
+        """Run until an exit (at most ``budget`` instructions) and return it."""
+        if not isinstance(budget, int | np.integer) or budget < 1:
+            raise ValueError(f"budget must be a positive integer, not {budget!r}")
+        if self.state[S.EXIT_REASON] == ExitReason.BREAKPOINT:
+            self.state[S.SKIP_BREAKPOINT] = 1  # resume past the breakpoint we stopped at
+        reason = core_run(self.state, self.memory, int(budget))
+        return self.last_exit(reason)
+
+    def step(self) -> Exit:
+        """Execute one instruction."""
+        return self.run(1)
+
+    def last_exit(self, reason: int | None = None) -> Exit:
+        """The Exit of the last run, read from the state slots."""
+        st = self.state
+        reason = ExitReason(int(st[S.EXIT_REASON]) if reason is None else int(reason))
+        if reason == ExitReason.FAULT:
+            return Exit(reason, int(st[S.EIP]), int(st[S.EXIT_VECTOR]), int(st[S.EXIT_ERROR]))
+        if reason == ExitReason.IO:
+            return Exit(
+                reason,
+                int(st[S.EIP]),
+                port=int(st[S.EXIT_PORT]),
+                size=int(st[S.EXIT_SIZE]),
+                is_in=bool(st[S.EXIT_IS_IN]),
+                value=int(st[S.EXIT_VALUE]),
+            )
+        return Exit(reason, int(st[S.EIP]))
+
+    def complete_in(self, value: int) -> None:
+        """Answer an IN exit: put value into AL or EAX (by the access size)."""
+        if self.state[S.EXIT_REASON] != ExitReason.IO or not self.state[S.EXIT_IS_IN]:
+            raise RuntimeError("complete_in() answers an IN exit, and the last exit was not one")
+        if int(self.state[S.EXIT_SIZE]) == 1:
+            self.regs.al = _as_u32(value, "value") & 0xFF
+        else:
+            self.regs.eax = value
+
+    # ---- snapshots ------------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """A copy of the whole machine; restore() returns to it exactly."""
+        return Snapshot(self.state.copy(), self.memory.copy())
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Put the machine back as it was when the snapshot was taken."""
+        if snapshot.memory.shape != self.memory.shape:
+            raise ValueError("this snapshot is of a machine with a different memory size")
+        self.state[:] = snapshot.state
+        self.memory[:] = snapshot.memory
