@@ -1,4 +1,4 @@
-"""Operands and arithmetic: register access, the eight ALU operations, shifts, MUL/DIV.
+"""Registers and arithmetic: register access, the eight ALU operations, shifts, MUL/DIV.
 
 Sizes are in bytes (1 or 4). Values are int64 in 0..mask. Functions that can fault
 return -1 (see vm.cpu.memory).
@@ -6,22 +6,20 @@ return -1 (see vm.cpu.memory).
 
 from __future__ import annotations
 
-from numba import njit
-
 from vm.cpu.flags import LOP_ADD, LOP_LOGIC, LOP_SUB, PARITY, szp_flags
-from vm.cpu.memory import read, write
+from vm.cpu.jit import jit, jit_inline
 from vm.cpu.state import ARITH_FLAGS, FLAG_CF, FLAG_OF
 
 MASK32 = 0xFFFFFFFF
 
 
-@njit(cache=True)
+@jit_inline
 def size_mask(size):
     """0xFF for a byte operand, 0xFFFFFFFF for a dword."""
     return 0xFF if size == 1 else MASK32
 
 
-@njit(cache=True)
+@jit_inline
 def sign_extend(value, size):
     """A byte, word (size 2) or dword as a signed int64."""
     bits = size * 8
@@ -29,17 +27,19 @@ def sign_extend(value, size):
     return (value & ((sign << 1) - 1)) - ((value & sign) << 1)
 
 
-@njit(cache=True)
+@jit_inline
 def get_reg(state, r, size):
-    """Register r: EAX..EDI for dwords; AL,CL,DL,BL,AH,CH,DH,BH for bytes."""
+    """Register r: EAX..EDI for dwords, AX..DI for words; AL,CL,DL,BL,AH,CH,DH,BH for bytes."""
     if size == 4:
         return state[r]
+    if size == 2:
+        return state[r] & 0xFFFF
     if r < 4:
         return state[r] & 0xFF
     return (state[r - 4] >> 8) & 0xFF
 
 
-@njit(cache=True)
+@jit_inline
 def set_reg(state, r, size, value):
     """Write register r (see get_reg); a byte write keeps the other 24 bits."""
     if size == 4:
@@ -50,24 +50,7 @@ def set_reg(state, r, size, value):
         state[r - 4] = (state[r - 4] & 0xFFFF00FF) | ((value & 0xFF) << 8)
 
 
-@njit(cache=True)
-def get_rm(mem, state, mod, rm, ea, size):
-    """The r/m operand: register rm when mod == 3, else memory at ea (or -1)."""
-    if mod == 3:
-        return get_reg(state, rm, size)
-    return read(mem, state, ea, size)
-
-
-@njit(cache=True)
-def set_rm(mem, state, mod, rm, ea, size, value):
-    """Write the r/m operand; 0, or -1 on a fault."""
-    if mod == 3:
-        set_reg(state, rm, size, value)
-        return 0
-    return write(mem, state, ea, size, value)
-
-
-@njit(cache=True)
+@jit_inline
 def alu(op, a, b, carry, mask):
     """ADD OR ADC SBB AND SUB XOR CMP (op 0..7) on a, b.
 
@@ -95,7 +78,7 @@ def alu(op, a, b, carry, mask):
     return r & mask, LOP_SUB, r
 
 
-@njit(cache=True)
+@jit
 def shift(kind, value, count, size, flags):
     """ROL ROR RCL RCR SHL SHR SAL SAR (kind 0..7) by count (already masked to 5 bits).
 
@@ -156,7 +139,7 @@ def shift(kind, value, count, size, flags):
     return res, (flags & ~ARITH_FLAGS) | cf | szp_flags(res, mask) | (of << 11)
 
 
-@njit(cache=True)
+@jit
 def mul_flags(flags, low, mask, overflow):
     """EFLAGS after MUL/IMUL: CF = OF = overflow; SF ZF PF from the low half; AF = 0."""
     out = (flags & ~ARITH_FLAGS) | szp_flags(low, mask)
@@ -165,7 +148,7 @@ def mul_flags(flags, low, mask, overflow):
     return out
 
 
-@njit(cache=True)
+@jit
 def umul32(a, b):
     """Unsigned 32x32 -> (high dword, low dword), without overflowing int64."""
     a_lo = a & 0xFFFF
@@ -179,7 +162,7 @@ def umul32(a, b):
     return high & MASK32, low & MASK32
 
 
-@njit(cache=True)
+@jit
 def udiv64(high, low, divisor):
     """Unsigned (high:low) / divisor for high < divisor -> (quotient, remainder).
 
@@ -193,7 +176,7 @@ def udiv64(high, low, divisor):
     return ((q1 << 16) | q0) & MASK32, t % divisor
 
 
-@njit(cache=True)
+@jit
 def trunc_div(n, d):
     """Signed division rounding toward zero, as IDIV does -> (quotient, remainder)."""
     q = abs(n) // abs(d)
@@ -202,7 +185,7 @@ def trunc_div(n, d):
     return q, n - q * d
 
 
-@njit(cache=True)
+@jit
 def parity(value):
     """x86's PF for a value: 1 when its low byte has an even number of set bits."""
     return PARITY[value & 0xFF]

@@ -9,8 +9,8 @@ executes it by opcode; ``instruction_length`` runs the same decoder from Python.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from vm.cpu.jit import jit, jit_inline
 from vm.isa import FORMS, IMM_SIZES
 
 # OPINFO bits, per opcode index (first byte, or 256 + second byte after 0F).
@@ -61,17 +61,68 @@ def build_opinfo() -> np.ndarray:
     return info
 
 
+# ACCESS bits, per form (index = opcode index * 8 + ModRM digit, like the cost table):
+# what the core's operand stage does before the instruction executes.
+ACC_READ = 1 << 0  # read the r/m operand into ``src``
+ACC_WRITE = 1 << 1  # the r/m operand is written back (its address is checked up front)
+ACC_PUSH = 1 << 2  # a dword is pushed (the stack slot is checked up front)
+ACC_POP = 1 << 3  # a dword is popped into ``popped`` before the instruction executes
+ACC_SIZE_SHIFT = 4  # bits 4..6: r/m operand size in bytes (1, 2 or 4)
+
+_READ_ONLY_RM = {"cmp", "test", "push", "jmp", "call", "mul", "imul", "div", "idiv", "bt"}
+
+
+def form_access(form) -> int:
+    """The ACCESS bits of one form (see ACC_*)."""
+    name = form.mnemonic
+    kinds = form.operands
+    acc = 0
+    rm_pos = next((i for i, k in enumerate(kinds) if k in ("rm8", "rm16", "rm32")), None)
+    # POP r/m32 computes its address after the pop, and BT r/m32, r32 addresses a bit
+    # string: the core handles the memory operand of those two itself.
+    special = (name == "pop" and rm_pos is not None) or (name == "bt" and kinds[1] == "r32")
+    if rm_pos is not None and not special:
+        if name == "xchg":
+            acc = ACC_READ | ACC_WRITE
+        elif rm_pos > 0 or name in _READ_ONLY_RM:
+            acc = ACC_READ
+        elif name == "mov" or name.startswith("set"):
+            acc = ACC_WRITE
+        else:
+            acc = ACC_READ | ACC_WRITE
+        acc |= {"rm8": 1, "rm16": 2, "rm32": 4}[kinds[rm_pos]] << ACC_SIZE_SHIFT
+    if name in ("push", "pushf", "pushfd", "call"):
+        acc |= ACC_PUSH
+    if name in ("popf", "popfd", "ret") or (name == "pop" and kinds == ("r32",)):
+        acc |= ACC_POP
+    return acc
+
+
+def build_access() -> np.ndarray:
+    """Derive the operand stage's per-form table from vm.isa.FORMS."""
+    table = np.zeros(512 * 8, dtype=np.int64)
+    for form in FORMS:
+        index = opcode_index(form.opcode)
+        regs = range(8) if form.plus_reg else range(1)
+        digits = [int(form.modrm)] if form.modrm not in (None, "r") else range(8)
+        for r in regs:
+            for d in digits:
+                table[(index + r) * 8 + d] = form_access(form)
+    return table
+
+
 OPINFO = build_opinfo()
+ACCESS = build_access()
 OPCODE_0F01 = 256 + 0x01
 
 
-@njit(cache=True)
+@jit_inline
 def sign8(v):
     """Sign-extend a byte to int64."""
     return v - 256 if v & 0x80 else v
 
 
-@njit(cache=True)
+@jit_inline
 def fetch32(code, q):
     """Little-endian dword from a byte array."""
     return (
@@ -82,7 +133,7 @@ def fetch32(code, q):
     )
 
 
-@njit(cache=True)
+@jit_inline
 def decode(code, p, regs, opinfo):
     """Decode the instruction at code[p:].
 
@@ -172,3 +223,9 @@ def instruction_length(code: bytes) -> int:
     regs = np.zeros(8, dtype=np.int64)
     length = int(decode(buf, 0, regs, OPINFO)[0])
     return length if length <= len(data) else 0
+
+
+@jit
+def effective_address(code, p, regs, opinfo):
+    """The ModRM effective address of the instruction at code[p:] with the given registers."""
+    return decode(code, p, regs, opinfo)[6]

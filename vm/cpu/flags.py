@@ -13,8 +13,8 @@ negative), so CF needs no extra state; INC and DEC keep CF in ``flags``.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from vm.cpu.jit import jit, jit_inline
 from vm.cpu.state import FLAG_AF, FLAG_CF, FLAG_OF, FLAG_PF, FLAG_SF, FLAG_ZF
 
 LOP_NONE = 0  # every arithmetic flag is in the flags word
@@ -30,7 +30,7 @@ ARITH_MASK = FLAG_CF | FLAG_PF | FLAG_AF | FLAG_ZF | FLAG_SF | FLAG_OF
 PARITY = np.array([1 - bin(b).count("1") % 2 for b in range(256)], dtype=np.int64)
 
 
-@njit(cache=True)
+@jit_inline
 def get_cf(lop, la, lb, lres, lmask, flags):
     """CF of the last operation."""
     if lop == LOP_ADD:
@@ -42,7 +42,7 @@ def get_cf(lop, la, lb, lres, lmask, flags):
     return flags & FLAG_CF
 
 
-@njit(cache=True)
+@jit_inline
 def get_zf(lop, la, lb, lres, lmask, flags):
     """ZF of the last operation."""
     if lop == LOP_NONE:
@@ -50,7 +50,7 @@ def get_zf(lop, la, lb, lres, lmask, flags):
     return 1 if (lres & lmask) == 0 else 0
 
 
-@njit(cache=True)
+@jit_inline
 def get_sf(lop, la, lb, lres, lmask, flags):
     """SF of the last operation."""
     if lop == LOP_NONE:
@@ -58,7 +58,7 @@ def get_sf(lop, la, lb, lres, lmask, flags):
     return 1 if (lres & ((lmask >> 1) + 1)) != 0 else 0
 
 
-@njit(cache=True)
+@jit_inline
 def get_of(lop, la, lb, lres, lmask, flags):
     """OF of the last operation."""
     if lop == LOP_NONE:
@@ -72,7 +72,7 @@ def get_of(lop, la, lb, lres, lmask, flags):
     return 0
 
 
-@njit(cache=True)
+@jit_inline
 def get_pf(lop, la, lb, lres, lmask, flags):
     """PF of the last operation (parity of the low byte of the result)."""
     if lop == LOP_NONE:
@@ -80,7 +80,7 @@ def get_pf(lop, la, lb, lres, lmask, flags):
     return PARITY[lres & 0xFF]
 
 
-@njit(cache=True)
+@jit_inline
 def get_af(lop, la, lb, lres, lmask, flags):
     """AF of the last operation (carry out of bit 3)."""
     if lop == LOP_NONE:
@@ -90,7 +90,7 @@ def get_af(lop, la, lb, lres, lmask, flags):
     return ((la ^ lb ^ lres) >> 4) & 1
 
 
-@njit(cache=True)
+@jit
 def materialize(lop, la, lb, lres, lmask, flags):
     """The whole EFLAGS word, every arithmetic flag computed."""
     if lop == LOP_NONE:
@@ -105,7 +105,7 @@ def materialize(lop, la, lb, lres, lmask, flags):
     return out
 
 
-@njit(cache=True)
+@jit_inline
 def szp_flags(res, mask):
     """SF, ZF and PF of a result, as EFLAGS bits."""
     out = PARITY[res & 0xFF] << 2
@@ -116,7 +116,7 @@ def szp_flags(res, mask):
     return out
 
 
-@njit(cache=True)
+@jit_inline
 def condition(cc, lop, la, lb, lres, lmask, flags):
     """True when condition code cc (the low nibble of Jcc/SETcc) holds."""
     test = cc >> 1
