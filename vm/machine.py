@@ -178,9 +178,8 @@ class Machine:
         if not isinstance(address, int | np.integer) or address < 0:
             raise ValueError(f"address must be a non-negative integer, not {address!r}")
         if address + length > self.memory_size:
-            raise ValueError(
-                f"{length} bytes at {address:#x} do not fit in {self.memory_size:#x} bytes of memory"
-            )
+            size = self.memory_size
+            raise ValueError(f"{length} bytes at {address:#x} do not fit in {size:#x} bytes of RAM")
 
     def load(self, address: int, data: bytes) -> None:
         """Copy bytes into memory at address."""
