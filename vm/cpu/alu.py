@@ -6,9 +6,9 @@ return -1 (see vm.cpu.memory).
 
 from __future__ import annotations
 
-from vm.cpu.flags import LOP_ADD, LOP_LOGIC, LOP_SUB, PARITY, szp_flags
+from vm.cpu.flags import LOP_ADD, LOP_LOGIC, LOP_SUB, PARITY
 from vm.cpu.jit import jit, jit_inline
-from vm.cpu.state import ARITH_FLAGS, FLAG_CF, FLAG_OF
+from vm.cpu.state import FLAG_CF, FLAG_OF
 
 MASK32 = 0xFFFFFFFF
 
@@ -79,11 +79,11 @@ def alu(op, a, b, carry, mask):
 
 
 @jit
-def shift(kind, value, count, size, flags):
-    """ROL ROR RCL RCR SHL SHR SAL SAR (kind 0..7) by count (already masked to 5 bits).
+def rotate(kind, value, count, size, flags):
+    """ROL ROR RCL RCR (kind 0..3) by count (already masked to 5 bits).
 
-    ``flags`` is the materialized EFLAGS; returns (result, new EFLAGS). A count of 0
-    changes nothing. Rotates touch only CF and OF; shifts set SF ZF PF, clear AF.
+    ``flags`` is the materialized EFLAGS; returns (result, new EFLAGS). Rotates change
+    only CF and OF; a count of 0 changes nothing.
     """
     if count == 0:
         return value, flags
@@ -96,14 +96,12 @@ def shift(kind, value, count, size, flags):
         res = ((value << c) | (value >> (bits - c))) & mask if c else value
         cf = res & 1
         of = ((res >> msb) & 1) ^ cf
-        return res, (flags & ~(FLAG_CF | FLAG_OF)) | cf | (of << 11)
-    if kind == 1:  # ROR
+    elif kind == 1:  # ROR
         c = count % bits
         res = ((value >> c) | (value << (bits - c))) & mask if c else value
         cf = (res >> msb) & 1
         of = cf ^ ((res >> (msb - 1)) & 1)
-        return res, (flags & ~(FLAG_CF | FLAG_OF)) | cf | (of << 11)
-    if kind == 2 or kind == 3:  # RCL, RCR: rotate the (bits+1)-bit value CF:value
+    else:  # RCL, RCR: rotate the (bits+1)-bit value CF:value
         c = count % (bits + 1)
         if c == 0:
             return value, flags
@@ -119,33 +117,29 @@ def shift(kind, value, count, size, flags):
             of = ((res >> msb) & 1) ^ cf
         else:
             of = ((res >> msb) & 1) ^ ((res >> (msb - 1)) & 1)
-        return res, (flags & ~(FLAG_CF | FLAG_OF)) | cf | (of << 11)
-    if kind == 4 or kind == 6:  # SHL / SAL
-        src = (value << (count - 1)) & MASK32
-        res = (src << 1) & mask
-        cf = (src >> msb) & 1
-        of = ((res >> msb) & 1) ^ cf
-    elif kind == 5:  # SHR
+    return res, (flags & ~(FLAG_CF | FLAG_OF)) | cf | (of << 11)
+
+
+@jit_inline
+def shift(kind, value, count, size):
+    """SHL SHR SAR (kind 4, 5, 7) by count (masked to 5 bits, not 0) -> (result, CF, OF).
+
+    OF is the manual's for a count of 1 (undefined for others; this is QEMU's choice).
+    """
+    bits = size * 8
+    mask = size_mask(size)
+    msb = bits - 1
+    if kind == 5:  # SHR
         src = value >> (count - 1)
         res = src >> 1
-        cf = src & 1
-        of = ((src ^ res) >> msb) & 1
-    else:  # SAR
-        signed = sign_extend(value, size)
-        src = signed >> (count - 1)
-        res = (src >> 1) & mask
-        cf = src & 1
-        of = 0
-    return res, (flags & ~ARITH_FLAGS) | cf | szp_flags(res, mask) | (of << 11)
-
-
-@jit
-def mul_flags(flags, low, mask, overflow):
-    """EFLAGS after MUL/IMUL: CF = OF = overflow; SF ZF PF from the low half; AF = 0."""
-    out = (flags & ~ARITH_FLAGS) | szp_flags(low, mask)
-    if overflow:
-        out |= FLAG_CF | FLAG_OF
-    return out
+        return res, src & 1, ((src ^ res) >> msb) & 1
+    if kind == 7:  # SAR
+        src = sign_extend(value, size) >> (count - 1)
+        return (src >> 1) & mask, src & 1, 0
+    src = (value << (count - 1)) & MASK32  # SHL
+    res = (src << 1) & mask
+    cf = (src >> msb) & 1
+    return res, cf, ((res >> msb) & 1) ^ cf
 
 
 @jit

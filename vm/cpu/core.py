@@ -27,7 +27,7 @@ from vm.cpu.alu import (
     MASK32,
     alu,
     get_reg,
-    mul_flags,
+    rotate,
     set_reg,
     shift,
     sign_extend,
@@ -59,6 +59,7 @@ from vm.cpu.exits import (
     EXIT_SHUTDOWN,
 )
 from vm.cpu.flags import (
+    LOP_CFOF,
     LOP_DEC,
     LOP_INC,
     LOP_LOGIC,
@@ -209,8 +210,8 @@ def divide(state, signed, size, divisor):
 
 
 @jit
-def multiply(state, signed, size, value, flags):
-    """MUL/IMUL of AL or EAX by value into AX or EDX:EAX; returns the new EFLAGS."""
+def multiply(state, signed, size, value):
+    """MUL/IMUL of AL or EAX by value into AX or EDX:EAX -> (low half, overflow 0/1)."""
     if size == 1:
         if signed:
             product = sign_extend(state[EAX], 1) * sign_extend(value, 1)
@@ -220,7 +221,7 @@ def multiply(state, signed, size, value, flags):
             overflow = product > 0xFF
         product &= 0xFFFF
         state[EAX] = (state[EAX] & 0xFFFF0000) | product
-        return mul_flags(flags, product, 0xFF, overflow)
+        return product & 0xFF, 1 if overflow else 0
     if signed:
         product = sign_extend(state[EAX], 4) * sign_extend(value, 4)
         low = product & MASK32
@@ -231,7 +232,7 @@ def multiply(state, signed, size, value, flags):
         overflow = high != 0
     state[EAX] = low
     state[EDX] = high
-    return mul_flags(flags, low, MASK32, overflow)
+    return low, 1 if overflow else 0
 
 
 @jit
@@ -444,9 +445,18 @@ def run(state, mem, budget):
                 n = 1
             else:
                 n = state[ECX] & 31
-            result, flags = shift(reg, src, n, size, materialize(lop, la, lb, lres, lmask, flags))
-            lop = LOP_NONE
+            result = src
             writeback = True
+            if n == 0:
+                pass  # a count of 0 changes no flags
+            elif reg >= 4:
+                result, la, lb = shift(reg, src, n, size)
+                lop, lres, lmask = LOP_CFOF, result, size_mask(size)
+            else:
+                result, flags = rotate(
+                    reg, src, n, size, materialize(lop, la, lb, lres, lmask, flags)
+                )
+                lop = LOP_NONE
         elif op == 0xF6 or op == 0xF7:
             mask = size_mask(size)
             if reg == 0:  # F6 /0 ib  TEST r/m8, imm8;  F7 /0 id  TEST r/m32, imm32
@@ -461,10 +471,8 @@ def run(state, mem, budget):
             elif reg <= 5:
                 # F6 /4  MUL r/m8 (AX = AL * r/m8);  F7 /4  MUL r/m32 (EDX:EAX = EAX * r/m32)
                 # F6 /5  IMUL r/m8;  F7 /5  IMUL r/m32  (signed)
-                flags = multiply(
-                    state, reg == 5, size, src, materialize(lop, la, lb, lres, lmask, flags)
-                )
-                lop = LOP_NONE
+                lres, la = multiply(state, reg == 5, size, src)
+                lop, lb, lmask = LOP_CFOF, la, size_mask(size)
             elif not divide(state, reg == 7, size, src):
                 # F6 /6  DIV r/m8 (AL = AX / r/m8, AH = remainder);  F6 /7  IDIV r/m8
                 # F7 /6  DIV r/m32 (EAX = EDX:EAX / r/m32, EDX = remainder);  F7 /7  IDIV r/m32
@@ -528,9 +536,8 @@ def run(state, mem, budget):
                 b = sign_extend(imm, 1)
             product = sign_extend(src, 4) * b
             low = product & MASK32
-            overflow = product != sign_extend(low, 4)
-            flags = mul_flags(materialize(lop, la, lb, lres, lmask, flags), low, MASK32, overflow)
-            lop = LOP_NONE
+            overflow = 1 if product != sign_extend(low, 4) else 0
+            lop, la, lb, lres, lmask = LOP_CFOF, overflow, overflow, low, MASK32
             state[reg] = low
         elif op == 0x1A3 or op == 0x1BA:
             # 0F A3 /r  BT r/m32, r32;  0F BA /4 ib  BT r/m32, imm8  (CF = the bit)

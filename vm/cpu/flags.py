@@ -23,6 +23,7 @@ LOP_SUB = 2  # SUB, SBB, CMP, NEG, CMPS, SCAS: lres = a - b (- borrow), unmasked
 LOP_LOGIC = 3  # AND, OR, XOR, TEST: CF = OF = AF = 0
 LOP_INC = 4  # INC: like ADD of 1, CF kept in the flags word
 LOP_DEC = 5  # DEC: like SUB of 1, CF kept in the flags word
+LOP_CFOF = 6  # SHL SHR SAR MUL IMUL: CF = la, OF = lb, AF = 0, SF ZF PF from lres
 
 ARITH_MASK = FLAG_CF | FLAG_PF | FLAG_AF | FLAG_ZF | FLAG_SF | FLAG_OF
 
@@ -39,6 +40,8 @@ def get_cf(lop, la, lb, lres, lmask, flags):
         return 1 if lres < 0 else 0
     if lop == LOP_LOGIC:
         return 0
+    if lop == LOP_CFOF:
+        return la
     return flags & FLAG_CF
 
 
@@ -85,7 +88,7 @@ def get_af(lop, la, lb, lres, lmask, flags):
     """AF of the last operation (carry out of bit 3)."""
     if lop == LOP_NONE:
         return (flags >> 4) & 1
-    if lop == LOP_LOGIC:
+    if lop == LOP_LOGIC or lop == LOP_CFOF:
         return 0
     return ((la ^ lb ^ lres) >> 4) & 1
 
@@ -102,17 +105,6 @@ def materialize(lop, la, lb, lres, lmask, flags):
     out |= get_zf(lop, la, lb, lres, lmask, flags) << 6
     out |= get_sf(lop, la, lb, lres, lmask, flags) << 7
     out |= get_of(lop, la, lb, lres, lmask, flags) << 11
-    return out
-
-
-@jit_inline
-def szp_flags(res, mask):
-    """SF, ZF and PF of a result, as EFLAGS bits."""
-    out = PARITY[res & 0xFF] << 2
-    if (res & mask) == 0:
-        out |= FLAG_ZF
-    if res & ((mask >> 1) + 1):
-        out |= FLAG_SF
     return out
 
 
