@@ -19,6 +19,7 @@ IMM_SHIFT = 1  # bits 1..3: immediate size in bytes (0, 1, 2 or 4)
 IMM_ONLY_DIGIT0 = 1 << 4  # F6/F7: only /0 (TEST) has an immediate
 VALID = 1 << 5
 DIGITS_SHIFT = 8  # bits 8..15: ModRM digits supported (all eight for /r and no-ModRM)
+PREFIX = 1 << 6  # the byte is a prefix the decoder accepts, not an opcode
 
 MAX_PREFIXES = 4
 MAX_INSTRUCTION = 15
@@ -57,6 +58,8 @@ def build_opinfo() -> np.ndarray:
         if len(set(sizes.values())) > 1:  # F6/F7: TEST has an immediate, NOT..IDIV do not
             assert set(sizes) >= {0} and all(v == 0 for d, v in sizes.items() if d != 0), i
             info[i] = (info[i] & ~(7 << IMM_SHIFT)) | (sizes[0] << IMM_SHIFT) | IMM_ONLY_DIGIT0
+    for b in (PREFIX_REP, PREFIX_REPNE, *SEGMENT_PREFIXES):
+        info[b] = PREFIX
     # VMCALL is 0F 01 C1: only that ModRM byte; the decoder checks it (see decode).
     return info
 
@@ -143,24 +146,20 @@ def decode(code, p, regs, opinfo):
     """
     q = p
     rep = 0
-    while True:
-        b = code[q]
-        if b in (PREFIX_REP, PREFIX_REPNE):
-            rep = np.int64(b)
-        elif b == 0x26 or b == 0x2E or b == 0x36 or b == 0x3E or b == 0x64 or b == 0x65:
-            pass
-        else:
-            break
+    op = np.int64(code[q])
+    while opinfo[op] & PREFIX:
+        if op == PREFIX_REP or op == PREFIX_REPNE:
+            rep = op
         q += 1
         if q - p > MAX_PREFIXES:
             return 0, 0, 0, 0, 0, 0, 0, 0
-    op = np.int64(code[q])
+        op = np.int64(code[q])
     q += 1
     if op == 0x0F:
         op = 256 + np.int64(code[q])
         q += 1
     info = opinfo[op]
-    if info == 0:
+    if not info & VALID:
         return 0, op, rep, 0, 0, 0, 0, 0
     mod = 0
     reg = 0
