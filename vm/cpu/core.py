@@ -23,6 +23,8 @@ the counters; everything is written back to ``state`` before returning.
 
 from __future__ import annotations
 
+import numpy as np
+
 from vm.cpu.alu import (
     MASK32,
     alu,
@@ -124,6 +126,121 @@ NO_ERROR_CODE = -1
 POPF_WRITABLE = 0x001 | 0x004 | 0x010 | 0x040 | 0x080 | 0x400 | 0x800 | 0x4000 | 0x40000 | 0x200000
 # CPUID leaf 0 vendor string "vmlabvmlab86" in EBX, EDX, ECX order.
 CPUID_VENDOR = (0x616C6D76, 0x6C6D7662, 0x36386261)
+
+# Which branch of run() executes each opcode (index: the opcode byte, or 256 + the byte
+# after 0F). A chain of "handler == H_..." tests compiles to one jump through a table.
+(
+    H_UD,
+    H_MOV_STORE,
+    H_MOV_LOAD,
+    H_ALU,
+    H_JCC,
+    H_INC_DEC_REG,
+    H_PUSH_REG,
+    H_POP_REG,
+    H_ALU_IMM,
+    H_CALL_REL,
+    H_RET,
+    H_RET_IMM,
+    H_JMP_REL8,
+    H_JMP_REL32,
+    H_MOV_R8_IMM,
+    H_MOV_R32_IMM,
+    H_TEST_RM,
+    H_TEST_ACC,
+    H_LEA,
+    H_MOV_RM_IMM,
+    H_SHIFT,
+    H_GROUP3,
+    H_GROUP5,
+    H_PUSH_IMM32,
+    H_PUSH_IMM8,
+    H_POP_RM,
+    H_NOP,
+    H_XCHG_EAX,
+    H_XCHG_RM,
+    H_SETCC,
+    H_MOVZX,
+    H_MOVSX,
+    H_IMUL,
+    H_BT,
+    H_LOOP,
+    H_LEAVE,
+    H_PUSHAD,
+    H_POPAD,
+    H_PUSHF,
+    H_POPF,
+    H_CWDE,
+    H_CDQ,
+    H_MOV_MOFFS,
+    H_STRING,
+    H_CLC,
+    H_STC,
+    H_CMC,
+    H_CLD,
+    H_STD,
+    H_INT3,
+    H_INT,
+    H_HLT,
+    H_CLI_STI,
+    H_IO,
+    H_CPUID,
+) = range(55)
+HANDLER = np.zeros(512, dtype=np.int64)
+HANDLER[[0x88, 0x89]] = H_MOV_STORE
+HANDLER[[0x8A, 0x8B]] = H_MOV_LOAD
+HANDLER[[op for op in range(0x40) if op & 7 < 6]] = H_ALU  # 00-3D: six forms per operation
+HANDLER[[*range(0x70, 0x80), *range(0x180, 0x190)]] = H_JCC
+HANDLER[0x40:0x50] = H_INC_DEC_REG
+HANDLER[0x50:0x58] = H_PUSH_REG
+HANDLER[0x58:0x60] = H_POP_REG
+HANDLER[[0x80, 0x81, 0x83]] = H_ALU_IMM
+HANDLER[0xE8] = H_CALL_REL
+HANDLER[0xC3] = H_RET
+HANDLER[0xC2] = H_RET_IMM
+HANDLER[0xEB] = H_JMP_REL8
+HANDLER[0xE9] = H_JMP_REL32
+HANDLER[0xB0:0xB8] = H_MOV_R8_IMM
+HANDLER[0xB8:0xC0] = H_MOV_R32_IMM
+HANDLER[[0x84, 0x85]] = H_TEST_RM
+HANDLER[[0xA8, 0xA9]] = H_TEST_ACC
+HANDLER[0x8D] = H_LEA
+HANDLER[[0xC6, 0xC7]] = H_MOV_RM_IMM
+HANDLER[[0xC0, 0xC1, *range(0xD0, 0xD4)]] = H_SHIFT
+HANDLER[[0xF6, 0xF7]] = H_GROUP3
+HANDLER[[0xFE, 0xFF]] = H_GROUP5
+HANDLER[0x68] = H_PUSH_IMM32
+HANDLER[0x6A] = H_PUSH_IMM8
+HANDLER[0x8F] = H_POP_RM
+HANDLER[0x90] = H_NOP
+HANDLER[0x91:0x98] = H_XCHG_EAX
+HANDLER[[0x86, 0x87]] = H_XCHG_RM
+HANDLER[0x190:0x1A0] = H_SETCC
+HANDLER[[0x1B6, 0x1B7]] = H_MOVZX
+HANDLER[[0x1BE, 0x1BF]] = H_MOVSX
+HANDLER[[0x69, 0x6B, 0x1AF]] = H_IMUL
+HANDLER[[0x1A3, 0x1BA]] = H_BT
+HANDLER[0xE2] = H_LOOP
+HANDLER[0xC9] = H_LEAVE
+HANDLER[0x60] = H_PUSHAD
+HANDLER[0x61] = H_POPAD
+HANDLER[0x9C] = H_PUSHF
+HANDLER[0x9D] = H_POPF
+HANDLER[0x98] = H_CWDE
+HANDLER[0x99] = H_CDQ
+HANDLER[0xA0:0xA4] = H_MOV_MOFFS
+HANDLER[[*range(0xA4, 0xA8), *range(0xAA, 0xB0)]] = H_STRING
+HANDLER[0xF8] = H_CLC
+HANDLER[0xF9] = H_STC
+HANDLER[0xF5] = H_CMC
+HANDLER[0xFC] = H_CLD
+HANDLER[0xFD] = H_STD
+HANDLER[0xCC] = H_INT3
+HANDLER[0xCD] = H_INT
+HANDLER[0xF4] = H_HLT
+HANDLER[[0xFA, 0xFB]] = H_CLI_STI
+HANDLER[[*range(0xE4, 0xE8), *range(0xEC, 0xF0)]] = H_IO
+HANDLER[0x1A2] = H_CPUID
 
 
 @jit_inline
@@ -334,52 +451,50 @@ def run(state, mem, budget):
         pushed = 0  # the dword a push writes
 
         # ---- 3. execute -------------------------------------------------------------------
+        handler = HANDLER[op]
         if fault:
             pass
-        elif op == 0x89 or op == 0x88:  # 89 /r  MOV r/m32, r32;  88 /r  MOV r/m8, r8
+        elif handler == H_MOV_STORE:  # 89 /r  MOV r/m32, r32;  88 /r  MOV r/m8, r8
             result = get_reg(state, reg, size)
             writeback = True
-        elif op == 0x8B or op == 0x8A:  # 8B /r  MOV r32, r/m32;  8A /r  MOV r8, r/m8
+        elif handler == H_MOV_LOAD:  # 8B /r  MOV r32, r/m32;  8A /r  MOV r8, r/m8
             set_reg(state, reg, size, src)
-        elif op < 0x40:
+        elif handler == H_ALU:
             # 00-3D  ADD OR ADC SBB AND SUB XOR CMP, six forms each:
             #   +0 r/m8, r8   +1 r/m32, r32   +2 r8, r/m8   +3 r32, r/m32
             #   +4 AL, imm8   +5 EAX, imm32
             aop = op >> 3
             kind = op & 7
-            if kind > 5:  # 06/07/0E/16/17/1E/1F/27/2F/37/3F: not supported
-                fault = raise_fault(state, VECTOR_UD, NO_ERROR_CODE)
+            osize = 4 if kind & 1 else 1
+            mask = size_mask(osize)
+            carry = 0
+            if aop == 2 or aop == 3:
+                carry = get_cf(lop, la, lb, lres, lmask, flags)
+            if kind < 2:
+                a = src
+                b = get_reg(state, reg, osize)
+            elif kind < 4:
+                a = get_reg(state, reg, osize)
+                b = src
             else:
-                osize = 4 if kind & 1 else 1
-                mask = size_mask(osize)
-                carry = 0
-                if aop == 2 or aop == 3:
-                    carry = get_cf(lop, la, lb, lres, lmask, flags)
+                a = get_reg(state, EAX, osize)
+                b = imm
+            res, lop, lres = alu(aop, a, b, carry, mask)
+            la, lb, lmask = a, b, mask
+            if aop != 7:
                 if kind < 2:
-                    a = src
-                    b = get_reg(state, reg, osize)
+                    result = res
+                    writeback = True
                 elif kind < 4:
-                    a = get_reg(state, reg, osize)
-                    b = src
+                    set_reg(state, reg, osize, res)
                 else:
-                    a = get_reg(state, EAX, osize)
-                    b = imm
-                res, lop, lres = alu(aop, a, b, carry, mask)
-                la, lb, lmask = a, b, mask
-                if aop != 7:
-                    if kind < 2:
-                        result = res
-                        writeback = True
-                    elif kind < 4:
-                        set_reg(state, reg, osize, res)
-                    else:
-                        set_reg(state, EAX, osize, res)
-        elif (op >= 0x70 and op <= 0x7F) or (op >= 0x180 and op <= 0x18F):
+                    set_reg(state, EAX, osize, res)
+        elif handler == H_JCC:
             # 70+cc cb  Jcc rel8;  0F 80+cc cd  Jcc rel32
             if condition(op & 15, lop, la, lb, lres, lmask, flags):
                 offset = sign_extend(imm, 1) if op < 0x80 else imm
                 eip = (eip + offset) & MASK32
-        elif op >= 0x40 and op <= 0x4F:
+        elif handler == H_INC_DEC_REG:
             # 40+r  INC r32;  48+r  DEC r32  (CF unchanged)
             r = op & 7
             flags = (flags & ~FLAG_CF) | get_cf(lop, la, lb, lres, lmask, flags)
@@ -390,11 +505,11 @@ def run(state, mem, budget):
                 lop, lres = LOP_DEC, a - 1
             la, lb, lmask = a, 1, MASK32
             state[r] = lres & MASK32
-        elif op >= 0x50 and op <= 0x57:  # 50+r  PUSH r32
+        elif handler == H_PUSH_REG:  # 50+r  PUSH r32
             pushed = state[op & 7]
-        elif op >= 0x58 and op <= 0x5F:  # 58+r  POP r32
+        elif handler == H_POP_REG:  # 58+r  POP r32
             state[op & 7] = popped
-        elif op >= 0x80 and op <= 0x83:
+        elif handler == H_ALU_IMM:
             # 80 /n ib  ALU r/m8, imm8;  81 /n id  ALU r/m32, imm32;
             # 83 /n ib  ALU r/m32, imm8 (sign-extended);  n: ADD OR ADC SBB AND SUB XOR CMP
             mask = size_mask(size)
@@ -405,38 +520,38 @@ def run(state, mem, budget):
             result, lop, lres = alu(reg, src, b, carry, mask)
             la, lb, lmask = src, b, mask
             writeback = reg != 7
-        elif op == 0xE8:  # E8 cd  CALL rel32
+        elif handler == H_CALL_REL:  # E8 cd  CALL rel32
             pushed = eip
             eip = (eip + imm) & MASK32
-        elif op == 0xC3:  # C3  RET
+        elif handler == H_RET:  # C3  RET
             eip = popped
-        elif op == 0xC2:  # C2 iw  RET imm16
+        elif handler == H_RET_IMM:  # C2 iw  RET imm16
             state[ESP] = (state[ESP] + imm) & MASK32
             eip = popped
-        elif op == 0xEB:  # EB cb  JMP rel8
+        elif handler == H_JMP_REL8:  # EB cb  JMP rel8
             eip = (eip + sign_extend(imm, 1)) & MASK32
-        elif op == 0xE9:  # E9 cd  JMP rel32
+        elif handler == H_JMP_REL32:  # E9 cd  JMP rel32
             eip = (eip + imm) & MASK32
-        elif op >= 0xB0 and op <= 0xB7:  # B0+r ib  MOV r8, imm8
+        elif handler == H_MOV_R8_IMM:  # B0+r ib  MOV r8, imm8
             set_reg(state, op & 7, 1, imm)
-        elif op >= 0xB8 and op <= 0xBF:  # B8+r id  MOV r32, imm32
+        elif handler == H_MOV_R32_IMM:  # B8+r id  MOV r32, imm32
             state[op & 7] = imm
-        elif op == 0x84 or op == 0x85:  # 84 /r  TEST r/m8, r8;  85 /r  TEST r/m32, r32
+        elif handler == H_TEST_RM:  # 84 /r  TEST r/m8, r8;  85 /r  TEST r/m32, r32
             b = get_reg(state, reg, size)
             lop, la, lb, lres, lmask = LOP_LOGIC, src, b, src & b, size_mask(size)
-        elif op == 0xA8 or op == 0xA9:  # A8 ib  TEST AL, imm8;  A9 id  TEST EAX, imm32
+        elif handler == H_TEST_ACC:  # A8 ib  TEST AL, imm8;  A9 id  TEST EAX, imm32
             osize = 4 if op & 1 else 1
             a = get_reg(state, EAX, osize)
             lop, la, lb, lres, lmask = LOP_LOGIC, a, imm, a & imm, size_mask(osize)
-        elif op == 0x8D:  # 8D /r  LEA r32, m
+        elif handler == H_LEA:  # 8D /r  LEA r32, m
             if mod == 3:
                 fault = raise_fault(state, VECTOR_UD, NO_ERROR_CODE)
             else:
                 state[reg] = ea
-        elif op == 0xC6 or op == 0xC7:  # C6 /0 ib  MOV r/m8, imm8;  C7 /0 id  MOV r/m32, imm32
+        elif handler == H_MOV_RM_IMM:  # C6 /0 ib  MOV r/m8, imm8;  C7 /0 id  MOV r/m32, imm32
             result = imm
             writeback = True
-        elif op == 0xC0 or op == 0xC1 or (op >= 0xD0 and op <= 0xD3):
+        elif handler == H_SHIFT:
             # C0 /n ib, C1 /n ib  shift r/m by imm8;  D0 /n, D1 /n  by 1;  D2 /n, D3 /n  by CL
             # n: 0 ROL  1 ROR  2 RCL  3 RCR  4 SHL  5 SHR  7 SAR
             if op <= 0xC1:
@@ -457,7 +572,7 @@ def run(state, mem, budget):
                     reg, src, n, size, materialize(lop, la, lb, lres, lmask, flags)
                 )
                 lop = LOP_NONE
-        elif op == 0xF6 or op == 0xF7:
+        elif handler == H_GROUP3:
             mask = size_mask(size)
             if reg == 0:  # F6 /0 ib  TEST r/m8, imm8;  F7 /0 id  TEST r/m32, imm32
                 lop, la, lb, lres, lmask = LOP_LOGIC, src, imm, src & imm, mask
@@ -477,7 +592,7 @@ def run(state, mem, budget):
                 # F6 /6  DIV r/m8 (AL = AX / r/m8, AH = remainder);  F6 /7  IDIV r/m8
                 # F7 /6  DIV r/m32 (EAX = EDX:EAX / r/m32, EDX = remainder);  F7 /7  IDIV r/m32
                 fault = raise_fault(state, VECTOR_DE, NO_ERROR_CODE)
-        elif op == 0xFE or op == 0xFF:
+        elif handler == H_GROUP5:
             if reg <= 1:
                 # FE /0  INC r/m8;  FF /0  INC r/m32;  FE /1  DEC r/m8;  FF /1  DEC r/m32
                 flags = (flags & ~FLAG_CF) | get_cf(lop, la, lb, lres, lmask, flags)
@@ -493,11 +608,11 @@ def run(state, mem, budget):
                 eip = src
             else:  # FF /6  PUSH r/m32
                 pushed = src
-        elif op == 0x68:  # 68 id  PUSH imm32
+        elif handler == H_PUSH_IMM32:  # 68 id  PUSH imm32
             pushed = imm
-        elif op == 0x6A:  # 6A ib  PUSH imm8 (sign-extended)
+        elif handler == H_PUSH_IMM8:  # 6A ib  PUSH imm8 (sign-extended)
             pushed = sign_extend(imm, 1) & MASK32
-        elif op == 0x8F:  # 8F /0  POP r/m32 (the address uses ESP after the pop)
+        elif handler == H_POP_RM:  # 8F /0  POP r/m32 (the address uses ESP after the pop)
             v = read32(mem, state, esp_before)
             if v < 0:
                 fault = True
@@ -507,25 +622,25 @@ def run(state, mem, budget):
                     state[rm] = v
                 elif write32(mem, state, effective_address(mem, p, state, OPINFO), v) < 0:
                     fault = True
-        elif op == 0x90:  # 90  NOP (XCHG EAX, EAX)
+        elif handler == H_NOP:  # 90  NOP (XCHG EAX, EAX)
             pass
-        elif op >= 0x91 and op <= 0x97:  # 90+r  XCHG EAX, r32
+        elif handler == H_XCHG_EAX:  # 90+r  XCHG EAX, r32
             r = op & 7
             state[EAX], state[r] = state[r], state[EAX]
-        elif op == 0x86 or op == 0x87:  # 86 /r  XCHG r/m8, r8;  87 /r  XCHG r/m32, r32
+        elif handler == H_XCHG_RM:  # 86 /r  XCHG r/m8, r8;  87 /r  XCHG r/m32, r32
             result = get_reg(state, reg, size)
             writeback = True
             set_reg(state, reg, size, src)
-        elif op >= 0x190 and op <= 0x19F:  # 0F 90+cc  SETcc r/m8
+        elif handler == H_SETCC:  # 0F 90+cc  SETcc r/m8
             result = 1 if condition(op & 15, lop, la, lb, lres, lmask, flags) else 0
             writeback = True
-        elif op == 0x1B6 or op == 0x1B7:
+        elif handler == H_MOVZX:
             # 0F B6 /r  MOVZX r32, r/m8;  0F B7 /r  MOVZX r32, r/m16
             state[reg] = src
-        elif op == 0x1BE or op == 0x1BF:
+        elif handler == H_MOVSX:
             # 0F BE /r  MOVSX r32, r/m8;  0F BF /r  MOVSX r32, r/m16
             state[reg] = sign_extend(src, size) & MASK32
-        elif op == 0x1AF or op == 0x69 or op == 0x6B:
+        elif handler == H_IMUL:
             # 0F AF /r  IMUL r32, r/m32;  69 /r id  IMUL r32, r/m32, imm32;
             # 6B /r ib  IMUL r32, r/m32, imm8
             if op == 0x1AF:
@@ -539,7 +654,7 @@ def run(state, mem, budget):
             overflow = 1 if product != sign_extend(low, 4) else 0
             lop, la, lb, lres, lmask = LOP_CFOF, overflow, overflow, low, MASK32
             state[reg] = low
-        elif op == 0x1A3 or op == 0x1BA:
+        elif handler == H_BT:
             # 0F A3 /r  BT r/m32, r32;  0F BA /4 ib  BT r/m32, imm8  (CF = the bit)
             if op == 0x1BA:
                 offset = imm & 31
@@ -557,19 +672,19 @@ def run(state, mem, budget):
                 flags = materialize(lop, la, lb, lres, lmask, flags)
                 flags = (flags & ~FLAG_CF) | ((v >> offset) & 1)
                 lop = LOP_NONE
-        elif op == 0xE2:  # E2 cb  LOOP rel8
+        elif handler == H_LOOP:  # E2 cb  LOOP rel8
             c = (state[ECX] - 1) & MASK32
             state[ECX] = c
             if c != 0:
                 eip = (eip + sign_extend(imm, 1)) & MASK32
-        elif op == 0xC9:  # C9  LEAVE (ESP = EBP; POP EBP)
+        elif handler == H_LEAVE:  # C9  LEAVE (ESP = EBP; POP EBP)
             v = read32(mem, state, state[EBP])
             if v < 0:
                 fault = True
             else:
                 state[ESP] = (state[EBP] + 4) & MASK32
                 state[EBP] = v
-        elif op == 0x60:  # 60  PUSHAD
+        elif handler == H_PUSHAD:  # 60  PUSHAD
             i = host_index(state, (esp_before - 32) & MASK32, 32)
             if i < 0:
                 fault = True
@@ -577,7 +692,7 @@ def run(state, mem, budget):
                 for r in range(8):
                     store(mem, i + 28 - 4 * r, 4, state[r] if r != ESP else esp_before)
                 state[ESP] = (esp_before - 32) & MASK32
-        elif op == 0x61:  # 61  POPAD (the saved ESP is skipped)
+        elif handler == H_POPAD:  # 61  POPAD (the saved ESP is skipped)
             i = host_index(state, esp_before, 32)
             if i < 0:
                 fault = True
@@ -586,9 +701,9 @@ def run(state, mem, budget):
                     if r != ESP:
                         state[r] = load(mem, i + 28 - 4 * r, 4)
                 state[ESP] = (esp_before + 32) & MASK32
-        elif op == 0x9C:  # 9C  PUSHFD (VM and RF read as 0)
+        elif handler == H_PUSHF:  # 9C  PUSHFD (VM and RF read as 0)
             pushed = materialize(lop, la, lb, lres, lmask, flags) & 0x00FCFFFF
-        elif op == 0x9D:  # 9D  POPFD
+        elif handler == H_POPF:  # 9D  POPFD
             writable = POPF_WRITABLE
             if state[CS] & 3 == 0:
                 writable |= FLAG_IOPL
@@ -596,11 +711,11 @@ def run(state, mem, budget):
                 writable |= FLAG_IF
             flags = (flags & ~writable) | (popped & writable) | EFLAGS_FIXED
             lop = LOP_NONE
-        elif op == 0x98:  # 98  CWDE
+        elif handler == H_CWDE:  # 98  CWDE
             state[EAX] = sign_extend(state[EAX], 2) & MASK32
-        elif op == 0x99:  # 99  CDQ
+        elif handler == H_CDQ:  # 99  CDQ
             state[EDX] = MASK32 if state[EAX] & 0x80000000 else 0
-        elif op >= 0xA0 and op <= 0xA3:
+        elif handler == H_MOV_MOFFS:
             # A0  MOV AL, moffs8;  A1  MOV EAX, moffs32;  A2  MOV moffs8, AL;  A3  MOV moffs32, EAX
             osize = 4 if op & 1 else 1
             i = host_index(state, imm, osize)
@@ -610,7 +725,7 @@ def run(state, mem, budget):
                 set_reg(state, EAX, osize, load(mem, i, osize))
             else:
                 store(mem, i, osize, get_reg(state, EAX, osize))
-        elif op >= 0xA4 and op <= 0xAF:
+        elif handler == H_STRING:
             # A4 MOVSB  A5 MOVSD  A6 CMPSB  A7 CMPSD  AA STOSB  AB STOSD  AC LODSB  AD LODSD
             # AE SCASB  AF SCASD; with F3 (REP/REPE) or F2 (REPNE). One iteration per step:
             # EIP stays on the instruction until the count runs out, as on real x86.
@@ -632,36 +747,36 @@ def run(state, mem, budget):
                         again = zf == 1 if rep == 0xF3 else zf == 0
                     if again:
                         eip = start
-        elif op == 0xF8:  # F8  CLC
+        elif handler == H_CLC:  # F8  CLC
             flags = materialize(lop, la, lb, lres, lmask, flags) & ~FLAG_CF
             lop = LOP_NONE
-        elif op == 0xF9:  # F9  STC
+        elif handler == H_STC:  # F9  STC
             flags = materialize(lop, la, lb, lres, lmask, flags) | FLAG_CF
             lop = LOP_NONE
-        elif op == 0xF5:  # F5  CMC
+        elif handler == H_CMC:  # F5  CMC
             flags = materialize(lop, la, lb, lres, lmask, flags) ^ FLAG_CF
             lop = LOP_NONE
-        elif op == 0xFC:  # FC  CLD
+        elif handler == H_CLD:  # FC  CLD
             flags &= ~FLAG_DF
-        elif op == 0xFD:  # FD  STD
+        elif handler == H_STD:  # FD  STD
             flags |= FLAG_DF
-        elif op == 0xCC:  # CC  INT3: a trap, EIP after the instruction
+        elif handler == H_INT3:  # CC  INT3: a trap, EIP after the instruction
             fault = trap = raise_fault(state, VECTOR_BP, NO_ERROR_CODE)
-        elif op == 0xCD:  # CD ib  INT imm8: a software interrupt, EIP after the instruction
+        elif handler == H_INT:  # CD ib  INT imm8: a software interrupt, EIP after the instruction
             fault = trap = raise_fault(state, imm, NO_ERROR_CODE)
-        elif op == 0xF4:  # F4  HLT (privileged)
+        elif handler == H_HLT:  # F4  HLT (privileged)
             if state[CS] & 3:
                 fault = raise_fault(state, VECTOR_GP, 0)
             else:
                 reason = EXIT_HALT
-        elif op == 0xFA or op == 0xFB:  # FA  CLI;  FB  STI  (CPL <= IOPL)
+        elif handler == H_CLI_STI:  # FA  CLI;  FB  STI  (CPL <= IOPL)
             if not io_allowed(state, flags):
                 fault = raise_fault(state, VECTOR_GP, 0)
             elif op == 0xFA:
                 flags &= ~FLAG_IF
             else:
                 flags |= FLAG_IF
-        elif (op >= 0xE4 and op <= 0xE7) or (op >= 0xEC and op <= 0xEF):
+        elif handler == H_IO:
             # E4 ib  IN AL, imm8;  E5 ib  IN EAX, imm8;  E6 ib  OUT imm8, AL;  E7 ib  OUT imm8, EAX
             # EC  IN AL, DX;  ED  IN EAX, DX;  EE  OUT DX, AL;  EF  OUT DX, EAX  (CPL <= IOPL)
             if not io_allowed(state, flags):
@@ -674,7 +789,7 @@ def run(state, mem, budget):
                 state[EXIT_IS_IN] = 1 if is_in else 0
                 state[EXIT_VALUE] = 0 if is_in else get_reg(state, EAX, osize)
                 reason = EXIT_IO
-        elif op == 0x1A2:  # 0F A2  CPUID
+        elif handler == H_CPUID:  # 0F A2  CPUID
             if controls & EXIT_ON_CPUID:
                 reason = EXIT_CPUID
             elif state[EAX] == 0:  # leaf 0: highest leaf, vendor string
