@@ -63,15 +63,12 @@ def modrm_tails(rng: random.Random, reg: int, register_ok: bool) -> list[bytes]:
 def encodings(form: Form, rng: random.Random) -> list[bytes]:
     """Byte strings of one form, with random displacements and immediates."""
     imm = sum(IMM_SIZES.get(kind, 0) for kind in form.operands)
-    heads = []
     if form.plus_reg:
         heads = [form.prefix + form.opcode[:-1] + bytes([form.opcode[-1] + r]) for r in range(8)]
     else:
         heads = [form.prefix + form.opcode]
     if form.modrm is None:
         return [head + rng.randbytes(imm) for head in heads]
-    if form.opcode == b"\x0f\x01":  # VMCALL: 0F 01 C1, one ModRM value
-        return [form.opcode + b"\xc1"]
     regs = range(8) if form.modrm == "r" else [int(form.modrm)]
     register_ok = "m" not in form.operands  # LEA takes a memory operand only
     out = []
@@ -99,8 +96,8 @@ def test_instruction_length_matches_capstone(form, capstone_length):
         ours, theirs = instruction_length(code), capstone_length(code + bytes(16))
         if ours != theirs or ours == 0:
             wrong.append(f"{code.hex(' ')}: vmlab {ours}, capstone {theirs}")
-    assert not wrong, (
-        f"{len(wrong)} encodings of {form_name(form)} differ:\n" + "\n".join(wrong[:SHOWN])
+    assert not wrong, f"{len(wrong)} encodings of {form_name(form)} differ:\n" + "\n".join(
+        wrong[:SHOWN]
     )
 
 
@@ -126,7 +123,9 @@ def test_random_bytes_decode_to_capstone_lengths(capstone_length):
         accepted += 1
         theirs = capstone_length(code)
         if ours != theirs:
-            wrong.append(f"{code[:max(ours, theirs, 1)].hex(' ')}: vmlab {ours}, capstone {theirs}")
+            wrong.append(
+                f"{code[: max(ours, theirs, 1)].hex(' ')}: vmlab {ours}, capstone {theirs}"
+            )
     assert accepted > FUZZ_STRINGS // 4, f"only {accepted} strings decoded"
     assert not wrong, f"{len(wrong)} of {accepted} accepted strings differ:\n" + "\n".join(
         wrong[:SHOWN]
