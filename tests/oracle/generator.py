@@ -258,7 +258,7 @@ WEIGHTS = {
     "unary": 3,
     "mul": 4,
     "div": 3,
-    "divfault": 0.04,
+    "divfault": 0.25,
     "shift": 6,
     "rotate": 5,
     "setcc": 3,
