@@ -110,6 +110,11 @@ class Line:
     label: str | None = None  # every instruction line gets a label, to map addresses back
     defined: frozenset[str] = frozenset()  # arithmetic flags defined after it
     df: int | None = None  # DF after it (None: unknown)
+    # Its own effect, for following definedness along the path a run takes (a LOOP body's
+    # second pass, a skipped block): flags it defines, flags it leaves undefined, DF it sets.
+    defines: frozenset[str] = frozenset()
+    undefines: frozenset[str] = frozenset()
+    sets_df: int | None = None
 
     @property
     def is_instruction(self) -> bool:
@@ -129,6 +134,7 @@ class Program:
     defined: frozenset[str]  # arithmetic flags defined at the end
     df: int | None  # DF at the end (None: not compared)
     faults: bool  # the program ends with #DE instead of HLT
+    effects: bool = True  # lines carry their own flag effects (see Line)
 
     def source(self) -> str:
         """The NASM source: labels on every instruction line."""
@@ -303,6 +309,9 @@ class Generator:
         self.subs: list[list[Line]] = []
         self.labels = 0
         self.faults = False
+        self.defines: set[str] = set()  # flag effects of the instruction being written
+        self.undefines: set[str] = set()
+        self.sets_df: int | None = None
         self.st: State = State({}, set(ARITH), 0, {}, set(), STACK_HIGH_WATER)
         names = [f for f in WEIGHTS if WEIGHTS[f] > 0]
         self._names = names
@@ -317,7 +326,11 @@ class Generator:
         """Append an instruction; the model must already describe the state after it."""
         self.labels += 1
         st = self.st
-        self.lines.append(Line(text, f"i{self.labels}", frozenset(st.defined), st.df))
+        line = Line(text, f"i{self.labels}", frozenset(st.defined), st.df)
+        line.defines, line.undefines = frozenset(self.defines), frozenset(self.undefines)
+        line.sets_df = self.sets_df
+        self.lines.append(line)
+        self.defines, self.undefines, self.sets_df = set(), set(), None
 
     def emit_label(self, name: str) -> None:
         self.lines.append(Line(f"{name}:"))
@@ -411,10 +424,18 @@ class Generator:
         for f in undefined:
             st.defined.discard(f)
             st.body_flags.discard(f)
+            self.undefines.add(f)
+            self.defines.discard(f)
         for f in writes:
             if f not in undefined:
                 st.defined.add(f)
                 st.body_flags.add(f)
+                self.defines.add(f)
+                self.undefines.discard(f)
+
+    def set_df(self, df: int) -> None:
+        self.st.df = df
+        self.sets_df = df
 
     # ---- memory operands -------------------------------------------------------------------
     def allowed(self, address: int, size: int, write: bool) -> bool:
@@ -583,6 +604,7 @@ class Generator:
             except Unavailable:
                 state, self.lines, n, self.labels, nsubs = saved
                 self.st.assign(state)
+                self.defines, self.undefines, self.sets_df = set(), set(), None
                 del self.lines[n:]
                 del self.subs[nsubs:]
                 continue
@@ -1193,7 +1215,7 @@ class Generator:
         self.emit(f"push {value:#x}")
         self.pop()
         self.flags(ARITH)
-        self.st.df = df
+        self.set_df(df)
         self.emit(rng.choice(("popfd", "popf")))
 
     def gen_convert(self) -> None:
@@ -1219,7 +1241,7 @@ class Generator:
         if op == "cmc" and not self.readable("c"):
             op = rng.choice(("clc", "stc"))
         if op in ("cld", "std"):
-            self.st.df = int(op == "std")
+            self.set_df(int(op == "std"))
         else:
             self.flags("c")
         self.emit(op)
@@ -1280,7 +1302,7 @@ class Generator:
 
     def gen_flagops_direction(self) -> None:
         df = self.rng.randrange(2)
-        self.st.df = df
+        self.set_df(df)
         self.emit("std" if df else "cld")
 
     # ---- calls and loops -------------------------------------------------------------------

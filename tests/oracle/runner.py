@@ -297,7 +297,7 @@ def snippet(source: str, flags: str = "oszapcd", eflags: int = 0x2) -> Program:
         line.defined, line.df = defined, df
     lines.append(Line("hlt", HALT_LABEL, defined, df))
     data, stack = bytes(DATA_SIZE), bytes(STACK_SIZE)
-    return Program(-1, None, lines, eflags, data, stack, defined, df, faults=False)
+    return Program(-1, None, lines, eflags, data, stack, defined, df, faults=False, effects=False)
 
 
 class Oracle:
@@ -340,6 +340,9 @@ class Oracle:
         uc.setup(program, code)
         vm.setup(program, code)
         halt = symbols[HALT_LABEL]
+        # Which flags are defined, followed along the path this run takes.
+        defined = set("oszapc")
+        df: int | None = (program.eflags >> 10) & 1
         for _ in range(BUDGET):
             pc = uc.eip
             if pc != vm.machine.eip:
@@ -367,7 +370,12 @@ class Oracle:
                 expected.eip = pc
             else:
                 expected = uc.outcome("budget")
-            flags = compared_flags(line.defined, line.df) if line else ""
+            if line and program.effects:
+                defined = (defined - line.undefines) | line.defines
+                df = df if line.sets_df is None else line.sets_df
+                flags = compared_flags(frozenset(defined), df)
+            else:
+                flags = compared_flags(line.defined, line.df) if line else ""
             diffs = differences(expected, got, flags)
             if diffs:
                 return (
