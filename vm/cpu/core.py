@@ -431,14 +431,16 @@ def fetch(mem, state, eip, user, have):
     return scratch_at, have + n, -1, 0
 
 
-@jit(types.UniTuple(i64, 3)(Mem, State, i64, i64, i64, i64, b1))
-def raise_event(mem, state, vector, error, return_eip, flags, software):
+@jit(types.UniTuple(i64, 3)(Mem, State, i64, i64, i64, i64, b1, i64))
+def raise_event(mem, state, vector, error, return_eip, flags, software, instruction_eip):
     """Take an exception or interrupt -> (EVENT_*, EIP, EFLAGS).
 
     It exits to Python when the exception-exit bitmap (or, for INT n, EXIT_ON_SOFT_INT)
-    says so, else it is delivered through the guest's IDT. A fault while delivering
-    becomes a double fault (#DF); a fault while delivering that is a triple fault:
-    SHUTDOWN, as on real x86.
+    says so, else it is delivered through the guest's IDT. When INT n cannot be
+    delivered (a gate's DPL, a bad gate), the fault that stopped it is raised instead, at
+    the INT instruction (``instruction_eip``). A fault while delivering an exception or
+    interrupt becomes a double fault (#DF); a fault while delivering that is a triple
+    fault: SHUTDOWN, as on real x86.
     """
     state[VECTOR_COUNTS + (vector & 0xFF)] += 1
     if software:
@@ -452,6 +454,17 @@ def raise_event(mem, state, vector, error, return_eip, flags, software):
     ok, new_eip, new_flags = deliver(mem, state, vector, error, return_eip, flags, software)
     if ok:
         return EVENT_DELIVERED, new_eip, new_flags
+    if software:  # the INT instruction faults instead
+        vector = state[FAULT_VECTOR]
+        error = state[FAULT_ERROR]
+        state[VECTOR_COUNTS + (vector & 0xFF)] += 1
+        if (state[EXC_EXIT_BITMAP] >> vector) & 1:
+            state[EXIT_VECTOR] = vector
+            state[EXIT_ERROR] = error
+            return EVENT_EXIT, instruction_eip, flags
+        ok, new_eip, new_flags = deliver(mem, state, vector, error, instruction_eip, flags, False)
+        if ok:
+            return EVENT_DELIVERED, new_eip, new_flags
     if vector == VECTOR_DF:
         return EVENT_SHUTDOWN, return_eip, flags
     state[VECTOR_COUNTS + VECTOR_DF] += 1
@@ -521,14 +534,16 @@ def run(state, mem, budget):
                 flags = materialize(lop, la, lb, lres, lmask, flags)
                 lop = LOP_NONE
                 outcome, eip, flags = raise_event(
-                    mem, state, vector, NO_ERROR_CODE, eip, flags, False
+                    mem, state, vector, NO_ERROR_CODE, eip, flags, False, eip
                 )
                 cycles += state[COST_EXCEPTION]
                 events += 1
                 code_tag = -1
+                irq_pending = irq_waiting(state)
                 if outcome == EVENT_SHUTDOWN:
                     reason = EXIT_SHUTDOWN
                     break
+                continue  # (a single step shows the delivery on its own)
             irq_pending = irq_waiting(state)
         shadow = False
         if nbreak > 0:
@@ -948,6 +963,7 @@ def run(state, mem, budget):
                 port = imm if op < 0xEC else state[EDX] & 0xFFFF
                 value = 0 if is_in else get_reg(state, EAX, osize)
                 if not controls & EXIT_ON_IO and is_core_port(port):  # PIC and PIT
+                    state[TIMER_NEXT] = state[CYCLES] + tick_at  # (the device may change it)
                     value = device_io(state, port, is_in, value, state[CYCLES] + cycles)
                     if is_in:
                         set_reg(state, EAX, osize, value)
@@ -996,7 +1012,7 @@ def run(state, mem, budget):
             flags = materialize(lop, la, lb, lres, lmask, flags)
             lop = LOP_NONE
             outcome, eip, flags = raise_event(
-                mem, state, state[FAULT_VECTOR], state[FAULT_ERROR], eip, flags, trap
+                mem, state, state[FAULT_VECTOR], state[FAULT_ERROR], eip, flags, trap, start
             )
             code_tag = -1
             if outcome == EVENT_EXIT:
@@ -1006,7 +1022,8 @@ def run(state, mem, budget):
                 reason = EXIT_SHUTDOWN
                 break
             cycles += state[COST_EXCEPTION]
-            events += 1
+            if not trap:
+                events += 1  # (a trap's instruction was counted already)
             continue
         if writeback:
             if mod == 3:

@@ -64,7 +64,6 @@ def build_opinfo() -> np.ndarray:
             info[i] = (info[i] & ~(7 << IMM_SHIFT)) | (sizes[0] << IMM_SHIFT) | IMM_ONLY_DIGIT0
     for b in (PREFIX_REP, PREFIX_REPNE, *SEGMENT_PREFIXES):
         info[b] = PREFIX
-    # VMCALL is 0F 01 C1: only that ModRM byte; the decoder checks it (see decode).
     return info
 
 
@@ -128,7 +127,6 @@ def build_access() -> np.ndarray:
 
 OPINFO = build_opinfo()
 ACCESS = build_access()
-OPCODE_0F01 = 256 + 0x01
 
 
 @jit_inline
@@ -184,8 +182,6 @@ def decode(code, p, regs, opinfo):
         reg = (modrm >> 3) & 7
         rm = modrm & 7
         if not (info >> (DIGITS_SHIFT + reg)) & 1:
-            return 0, op, rep, mod, reg, rm, 0, 0
-        if op == OPCODE_0F01 and modrm != 0xC1:
             return 0, op, rep, mod, reg, rm, 0, 0
         if info & REG_ONLY:
             mod = 3
