@@ -22,6 +22,7 @@ VALID = 1 << 5
 DIGITS_SHIFT = 8  # bits 8..15: ModRM digits supported (all eight for /r and no-ModRM)
 PREFIX = 1 << 6  # the byte is a prefix the decoder accepts, not an opcode
 REG_ONLY = 1 << 7  # ModRM.rm always names a register (MOV to/from CRn ignore mod)
+MEMORY_ONLY = 1 << 16  # ModRM must name memory (LEA): mod = 3 is not an instruction
 
 MAX_PREFIXES = 4
 MAX_INSTRUCTION = 15
@@ -51,7 +52,9 @@ def build_opinfo() -> np.ndarray:
                 bits |= HAS_MODRM
             if "r32rm" in form.operands:
                 bits |= REG_ONLY
-            if form.modrm in (None, "r"):
+            if "sreg" in form.operands:  # ES CS SS DS FS GS; CS cannot be loaded
+                digits = 0x3D if form.operands[0] == "sreg" else 0x3F
+            elif form.modrm in (None, "r"):
                 digits = 0xFF
             else:
                 digits = 1 << int(form.modrm)
@@ -62,6 +65,10 @@ def build_opinfo() -> np.ndarray:
         if len(set(sizes.values())) > 1:  # F6/F7: TEST has an immediate, NOT..IDIV do not
             assert set(sizes) >= {0} and all(v == 0 for d, v in sizes.items() if d != 0), i
             info[i] = (info[i] & ~(7 << IMM_SHIFT)) | (sizes[0] << IMM_SHIFT) | IMM_ONLY_DIGIT0
+    for form in FORMS:  # opcodes whose every form takes a memory operand only
+        index = opcode_index(form.opcode)
+        if all("m" in f.operands for f in FORMS if opcode_index(f.opcode) == index):
+            info[index] |= MEMORY_ONLY
     for b in (PREFIX_REP, PREFIX_REPNE, *SEGMENT_PREFIXES):
         info[b] = PREFIX
     return info
@@ -185,6 +192,8 @@ def decode(code, p, regs, opinfo):
             return 0, op, rep, mod, reg, rm, 0, 0
         if info & REG_ONLY:
             mod = 3
+        elif mod == 3 and info & MEMORY_ONLY:
+            return 0, op, rep, mod, reg, rm, 0, 0
         elif mod != 3:
             if rm == 4:  # SIB byte follows
                 sib = np.int64(code[q])

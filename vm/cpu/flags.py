@@ -72,6 +72,8 @@ def get_of(lop, la, lb, lres, lmask, flags):
         return 1 if ((la ^ res) & (lb ^ res) & sign) != 0 else 0
     if lop in (LOP_SUB, LOP_DEC):
         return 1 if ((la ^ lb) & (la ^ res) & sign) != 0 else 0
+    if lop == LOP_CFOF:
+        return lb
     return 0
 
 
