@@ -7,7 +7,7 @@ return -1 (see vm.cpu.memory).
 from __future__ import annotations
 
 from vm.cpu.flags import LOP_ADD, LOP_LOGIC, LOP_SUB, PARITY
-from vm.cpu.jit import jit, jit_inline
+from vm.cpu.jit import i64, jit, jit_inline, pair
 from vm.cpu.state import FLAG_CF, FLAG_OF
 
 MASK32 = 0xFFFFFFFF
@@ -78,7 +78,7 @@ def alu(op, a, b, carry, mask):
     return r & mask, LOP_SUB, r
 
 
-@jit
+@jit(pair(i64)(i64, i64, i64, i64, i64))
 def rotate(kind, value, count, size, flags):
     """ROL ROR RCL RCR (kind 0..3) by count (already masked to 5 bits).
 
@@ -142,7 +142,7 @@ def shift(kind, value, count, size):
     return res, cf, ((res >> msb) & 1) ^ cf
 
 
-@jit
+@jit(pair(i64)(i64, i64))
 def umul32(a, b):
     """Unsigned 32x32 -> (high dword, low dword), without overflowing int64."""
     a_lo = a & 0xFFFF
@@ -156,7 +156,7 @@ def umul32(a, b):
     return high & MASK32, low & MASK32
 
 
-@jit
+@jit(pair(i64)(i64, i64, i64))
 def udiv64(high, low, divisor):
     """Unsigned (high:low) / divisor for high < divisor -> (quotient, remainder).
 
@@ -170,7 +170,7 @@ def udiv64(high, low, divisor):
     return ((q1 << 16) | q0) & MASK32, t % divisor
 
 
-@jit
+@jit(pair(i64)(i64, i64))
 def trunc_div(n, d):
     """Signed division rounding toward zero, as IDIV does -> (quotient, remainder)."""
     q = abs(n) // abs(d)
@@ -179,7 +179,7 @@ def trunc_div(n, d):
     return q, n - q * d
 
 
-@jit
+@jit(i64(i64))
 def parity(value):
     """x86's PF for a value: 1 when its low byte has an even number of set bits."""
     return PARITY[value & 0xFF]

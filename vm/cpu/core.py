@@ -24,6 +24,7 @@ the counters; everything is written back to ``state`` before returning.
 from __future__ import annotations
 
 import numpy as np
+from numba import types
 
 from vm.cpu.alu import (
     MASK32,
@@ -48,8 +49,10 @@ from vm.cpu.decode import (
     MAX_INSTRUCTION,
     OPINFO,
     decode,
+    decode_again,
     effective_address,
 )
+from vm.cpu.devices import acknowledge_irq, device_io, irq_waiting, is_core_port
 from vm.cpu.exits import (
     EXIT_BREAKPOINT,
     EXIT_BUDGET,
@@ -72,16 +75,29 @@ from vm.cpu.flags import (
     get_zf,
     materialize,
 )
-from vm.cpu.jit import jit, jit_inline
-from vm.cpu.memory import host_index, load, read32, store, write32
+from vm.cpu.jit import Mem, State, b1, i64, jit, jit_inline, pair
+from vm.cpu.memory import (
+    PAGE_MASK,
+    host_index,
+    host_index_slow,
+    load,
+    read32,
+    store,
+    translate,
+    write32,
+)
 from vm.cpu.state import (
     BREAKPOINTS,
+    COST_EXCEPTION,
+    COST_IO,
+    COST_PAGE_WALK,
     COST_TABLE,
+    CR0,
+    CR0_PG,
     CS,
     CYCLES,
     EAX,
     EBP,
-    EBX,
     ECX,
     EDI,
     EDX,
@@ -90,10 +106,13 @@ from vm.cpu.state import (
     EIP,
     ESI,
     ESP,
+    EXC_EXIT_BITMAP,
     EXIT_CONTROLS,
     EXIT_ERROR,
     EXIT_IS_IN,
-    EXIT_ON_CPUID,
+    EXIT_ON_HLT,
+    EXIT_ON_IO,
+    EXIT_ON_SOFT_INT,
     EXIT_PORT,
     EXIT_REASON,
     EXIT_SIZE,
@@ -110,22 +129,36 @@ from vm.cpu.state import (
     MEM_BASE,
     MEM_SIZE,
     N_BREAKPOINTS,
+    PIC_IRR,
     SCRATCH_SIZE,
     SKIP_BREAKPOINT,
+    STAT_INTERRUPTS,
+    STAT_PAGE_WALKS,
     STATE_SIZE,
+    TIMER_NEXT,
+    TIMER_PERIOD,
+    VECTOR_COUNTS,
+)
+from vm.cpu.system import (
+    SYSTEM_EXIT_CPUID,
+    SYSTEM_FAULT,
+    SYSTEM_NEW_TRANSLATIONS,
+    SYSTEM_SHADOW,
+    deliver,
+    iret,
+    system_instruction,
 )
 
 VECTOR_DE = 0  # divide error
 VECTOR_BP = 3  # breakpoint (INT3)
 VECTOR_UD = 6  # invalid opcode
+VECTOR_DF = 8  # double fault
 VECTOR_GP = 13  # general protection
 NO_ERROR_CODE = -1
 
 # POPF: the flags it may change at any CPL (CF PF AF ZF SF DF OF NT AC ID). IF needs
 # CPL <= IOPL and IOPL needs CPL 0; other CPLs keep them silently, as on real x86.
 POPF_WRITABLE = 0x001 | 0x004 | 0x010 | 0x040 | 0x080 | 0x400 | 0x800 | 0x4000 | 0x40000 | 0x200000
-# CPUID leaf 0 vendor string "vmlabvmlab86" in EBX, EDX, ECX order.
-CPUID_VENDOR = (0x616C6D76, 0x6C6D7662, 0x36386261)
 
 # Which branch of run() executes each opcode (index: the opcode byte, or 256 + the byte
 # after 0F). A chain of "handler == H_..." tests compiles to one jump through a table.
@@ -184,8 +217,9 @@ CPUID_VENDOR = (0x616C6D76, 0x6C6D7662, 0x36386261)
     H_HLT,
     H_CLI_STI,
     H_IO,
-    H_CPUID,
-) = range(55)
+    H_IRET,
+    H_SYSTEM,
+) = range(56)
 HANDLER = np.zeros(512, dtype=np.int64)
 HANDLER[[0x88, 0x89]] = H_MOV_STORE
 HANDLER[[0x8A, 0x8B]] = H_MOV_LOAD
@@ -240,7 +274,8 @@ HANDLER[0xCD] = H_INT
 HANDLER[0xF4] = H_HLT
 HANDLER[[0xFA, 0xFB]] = H_CLI_STI
 HANDLER[[*range(0xE4, 0xE8), *range(0xEC, 0xF0)]] = H_IO
-HANDLER[0x1A2] = H_CPUID
+HANDLER[0xCF] = H_IRET
+HANDLER[[0x100, 0x101, 0x120, 0x122, 0x8C, 0x8E, 0x1A2]] = H_SYSTEM
 
 
 @jit_inline
@@ -257,8 +292,12 @@ def io_allowed(state, flags):
     return (state[CS] & 3) <= ((flags & FLAG_IOPL) >> 12)
 
 
-@jit
-def string_step(mem, state, kind, size, step, lop, la, lb, lres, lmask):
+@jit(
+    types.Tuple((b1, i64, i64, i64, i64, i64))(
+        Mem, State, i64, i64, i64, i64, i64, i64, i64, i64, b1
+    )
+)
+def string_step(mem, state, kind, size, step, lop, la, lb, lres, lmask, user):
     """One iteration of MOVS/CMPS/STOS/LODS/SCAS (kind = the opcode with bit 0 clear).
 
     Returns (ok, lop, la, lb, lres, lmask): CMPS and SCAS set the flags of a SUB.
@@ -266,7 +305,7 @@ def string_step(mem, state, kind, size, step, lop, la, lb, lres, lmask):
     esi = state[ESI]
     edi = state[EDI]
     if kind == 0xA4 or kind == 0xA6 or kind == 0xAC:  # these read [ESI]
-        i = host_index(state, esi, size)
+        i = host_index(mem, state, esi, size, False, user)
         if i < 0:
             return False, lop, la, lb, lres, lmask
         a = load(mem, i, size)
@@ -276,7 +315,7 @@ def string_step(mem, state, kind, size, step, lop, la, lb, lres, lmask):
         set_reg(state, EAX, size, a)
         state[ESI] = (esi + step) & MASK32
         return True, lop, la, lb, lres, lmask
-    j = host_index(state, edi, size)
+    j = host_index(mem, state, edi, size, kind == 0xA4 or kind == 0xAA, user)
     if j < 0:
         return False, lop, la, lb, lres, lmask
     if kind == 0xA4 or kind == 0xAA:  # MOVS: [EDI] = [ESI];  STOS: [EDI] = AL/EAX
@@ -292,7 +331,7 @@ def string_step(mem, state, kind, size, step, lop, la, lb, lres, lmask):
     return True, LOP_SUB, a, b, a - b, size_mask(size)
 
 
-@jit
+@jit(b1(State, b1, i64, i64))
 def divide(state, signed, size, divisor):
     """DIV/IDIV of AX or EDX:EAX by divisor; False on #DE (nothing changed then)."""
     if divisor == 0:
@@ -326,7 +365,7 @@ def divide(state, signed, size, divisor):
     return True
 
 
-@jit
+@jit(pair(i64)(State, b1, i64, i64))
 def multiply(state, signed, size, value):
     """MUL/IMUL of AL or EAX by value into AX or EDX:EAX -> (low half, overflow 0/1)."""
     if size == 1:
@@ -352,7 +391,94 @@ def multiply(state, signed, size, value):
     return low, 1 if overflow else 0
 
 
-@jit
+EVENT_DELIVERED = 0
+EVENT_EXIT = 1
+EVENT_SHUTDOWN = 2
+
+
+@jit(types.UniTuple(i64, 4)(Mem, State, i64, b1, i64))
+def fetch(mem, state, eip, user, have):
+    """Find the bytes of the instruction at eip -> (index, bytes available, page tag, page).
+
+    Bytes are read where they are when the instruction lies inside one page; near a page
+    end they are copied to the scratch bytes at the end of ``mem`` (``have`` > 0: the
+    first ``have`` are there already, fetch the rest from the next page). The tag and page
+    are for the run loop's one-entry code cache (tag -1: do not cache). Available -1: the
+    fetch faulted (recorded in the state).
+    """
+    scratch_at = mem.size - SCRATCH_SIZE
+    paging = state[CR0] & CR0_PG
+    memsize = state[MEM_SIZE]
+    lin = (eip + have) & MASK32
+    if paging:
+        page = translate(mem, state, lin, False, user)
+        if page < 0:
+            return 0, -1, -1, 0
+        end = 4096
+    else:
+        if lin >= memsize:
+            raise_fault(state, VECTOR_GP, 0)
+            return 0, -1, -1, 0
+        page = lin & PAGE_MASK
+        end = min(4096, memsize - page)
+    host = state[MEM_BASE] + page
+    offset = lin & 0xFFF
+    if have == 0 and offset + MAX_INSTRUCTION <= end:
+        return host + offset, MAX_INSTRUCTION, eip >> 12, host
+    n = min(end - offset, MAX_INSTRUCTION - have)
+    for k in range(MAX_INSTRUCTION - have):
+        mem[scratch_at + have + k] = mem[host + offset + k] if k < n else 0
+    return scratch_at, have + n, -1, 0
+
+
+@jit(types.UniTuple(i64, 3)(Mem, State, i64, i64, i64, i64, b1, i64))
+def raise_event(mem, state, vector, error, return_eip, flags, software, instruction_eip):
+    """Take an exception or interrupt -> (EVENT_*, EIP, EFLAGS).
+
+    It exits to Python when the exception-exit bitmap (or, for INT n, EXIT_ON_SOFT_INT)
+    says so, else it is delivered through the guest's IDT. When INT n cannot be
+    delivered (a gate's DPL, a bad gate), the fault that stopped it is raised instead, at
+    the INT instruction (``instruction_eip``). A fault while delivering an exception or
+    interrupt becomes a double fault (#DF); a fault while delivering that is a triple
+    fault: SHUTDOWN, as on real x86.
+    """
+    state[VECTOR_COUNTS + (vector & 0xFF)] += 1
+    if software:
+        exits = state[EXIT_CONTROLS] & EXIT_ON_SOFT_INT
+    else:
+        exits = vector < 32 and (state[EXC_EXIT_BITMAP] >> vector) & 1
+    if exits:
+        state[EXIT_VECTOR] = vector
+        state[EXIT_ERROR] = error
+        return EVENT_EXIT, return_eip, flags
+    ok, new_eip, new_flags = deliver(mem, state, vector, error, return_eip, flags, software)
+    if ok:
+        return EVENT_DELIVERED, new_eip, new_flags
+    if software:  # the INT instruction faults instead
+        vector = state[FAULT_VECTOR]
+        error = state[FAULT_ERROR]
+        state[VECTOR_COUNTS + (vector & 0xFF)] += 1
+        if (state[EXC_EXIT_BITMAP] >> vector) & 1:
+            state[EXIT_VECTOR] = vector
+            state[EXIT_ERROR] = error
+            return EVENT_EXIT, instruction_eip, flags
+        ok, new_eip, new_flags = deliver(mem, state, vector, error, instruction_eip, flags, False)
+        if ok:
+            return EVENT_DELIVERED, new_eip, new_flags
+    if vector == VECTOR_DF:
+        return EVENT_SHUTDOWN, return_eip, flags
+    state[VECTOR_COUNTS + VECTOR_DF] += 1
+    if (state[EXC_EXIT_BITMAP] >> VECTOR_DF) & 1:
+        state[EXIT_VECTOR] = VECTOR_DF
+        state[EXIT_ERROR] = 0
+        return EVENT_EXIT, return_eip, flags
+    ok, new_eip, new_flags = deliver(mem, state, VECTOR_DF, 0, return_eip, flags, False)
+    if ok:
+        return EVENT_DELIVERED, new_eip, new_flags
+    return EVENT_SHUTDOWN, return_eip, flags
+
+
+@jit(i64(State, Mem, i64))
 def run(state, mem, budget):
     """Run at most ``budget`` instructions; return the exit reason."""
     # The guest-physical window and the scratch bytes after it must lie inside the host
@@ -378,13 +504,48 @@ def run(state, mem, budget):
     lres = 0
     lmask = MASK32
     count = 0
+    events = 0  # exceptions and interrupts delivered: they count against the budget too
     cycles = 0
     reason = EXIT_NONE
+    walks_before = state[STAT_PAGE_WALKS]
+    # The timer, in cycles counted from this run's start; an IRQ may be waiting.
+    timer_period = state[TIMER_PERIOD]
+    tick_at = state[TIMER_NEXT] - state[CYCLES]
+    irq_pending = irq_waiting(state)
+    shadow = False  # the instruction after STI runs before interrupts are taken
+    # A one-entry cache of the page EIP is on: its tag (linear page) and host index.
+    code_tag = -1
+    code_host = 0
 
     while True:
-        if count >= budget:
+        if count + events >= budget:
             reason = EXIT_BUDGET
             break
+        # ---- 0. interrupts between instructions --------------------------------------------
+        if timer_period > 0 and cycles >= tick_at:
+            state[PIC_IRR] |= 1  # IRQ 0
+            while tick_at <= cycles:  # ticks missed while interrupts were off merge into one
+                tick_at += timer_period
+            irq_pending = irq_waiting(state)
+        if irq_pending and flags & FLAG_IF and not shadow:
+            vector = acknowledge_irq(state)
+            if vector >= 0:
+                state[STAT_INTERRUPTS] += 1
+                flags = materialize(lop, la, lb, lres, lmask, flags)
+                lop = LOP_NONE
+                outcome, eip, flags = raise_event(
+                    mem, state, vector, NO_ERROR_CODE, eip, flags, False, eip
+                )
+                cycles += state[COST_EXCEPTION]
+                events += 1
+                code_tag = -1
+                irq_pending = irq_waiting(state)
+                if outcome == EVENT_SHUTDOWN:
+                    reason = EXIT_SHUTDOWN
+                    break
+                continue  # (a single step shows the delivery on its own)
+            irq_pending = irq_waiting(state)
+        shadow = False
         if nbreak > 0:
             hit = False
             for i in range(nbreak):
@@ -398,21 +559,29 @@ def run(state, mem, budget):
         # ---- 1. fetch and decode ----------------------------------------------------------
         start = eip
         esp_before = state[ESP]
+        user = (state[CS] & 3) == 3
         fault = False
         trap = False  # INT3 and INT n complete before their exception (EIP after them)
-        if eip + MAX_INSTRUCTION <= memsize:
-            p = membase + eip
+        offset = eip & 0xFFF
+        if eip >> 12 == code_tag and offset <= 4096 - MAX_INSTRUCTION:
+            p = code_host + offset
             avail = MAX_INSTRUCTION
-        else:  # near the end of memory: copy what exists to the scratch bytes, pad with 0
-            avail = memsize - eip
-            for k in range(SCRATCH_SIZE):
-                mem[scratch_at + k] = mem[membase + eip + k] if k < avail else 0
-            p = scratch_at
-        length, op, rep, mod, reg, rm, ea, imm = decode(mem, p, state, OPINFO)
-        if avail <= 0 or length > avail:
-            fault = raise_fault(state, VECTOR_GP, 0)  # fetch outside memory
-        elif length == 0:
-            fault = raise_fault(state, VECTOR_UD, NO_ERROR_CODE)
+        else:
+            p, avail, code_tag, code_host = fetch(mem, state, eip, user, 0)
+        if avail < 0:
+            fault = True
+            length, op, rep, mod, reg, rm, ea, imm = 0, 0, 0, 0, 0, 0, 0, 0
+        else:
+            length, op, rep, mod, reg, rm, ea, imm = decode(mem, p, state, OPINFO)
+            if avail < MAX_INSTRUCTION and (length == 0 or length > avail):
+                # the instruction runs on into the next page (or past the end of memory)
+                p, avail, code_tag, code_host = fetch(mem, state, eip, user, avail)
+                if avail < 0:
+                    fault = True
+                else:
+                    length, op, rep, mod, reg, rm, ea, imm = decode_again(mem, p, state, OPINFO)
+            if not fault and length == 0:
+                fault = raise_fault(state, VECTOR_UD, NO_ERROR_CODE)
         eip = (eip + length) & MASK32
         form = op * 8 + reg  # index of this form in the ACCESS and cost tables
 
@@ -430,19 +599,19 @@ def run(state, mem, budget):
                 if mod == 3:
                     src = get_reg(state, rm, size)
                 else:
-                    where = host_index(state, ea, size)
+                    where = host_index(mem, state, ea, size, (access & ACC_WRITE) != 0, user)
                     if where < 0:
                         fault = True
                     elif access & ACC_READ:
                         src = load(mem, where, size)
-            if access & ACC_PUSH and not fault:
-                slot = host_index(state, (esp_before - 4) & MASK32, 4)
-                if slot < 0:
-                    fault = True
-            if access & ACC_POP and not fault:
-                i = host_index(state, esp_before, 4)
+            if access & (ACC_PUSH | ACC_POP) and not fault:
+                push = (access & ACC_PUSH) != 0
+                top = (esp_before - 4) & MASK32 if push else esp_before
+                i = host_index(mem, state, top, 4, push, user)
                 if i < 0:
                     fault = True
+                elif push:
+                    slot = i
                 else:
                     popped = load(mem, i, 4)
                     state[ESP] = (esp_before + 4) & MASK32
@@ -613,14 +782,14 @@ def run(state, mem, budget):
         elif handler == H_PUSH_IMM8:  # 6A ib  PUSH imm8 (sign-extended)
             pushed = sign_extend(imm, 1) & MASK32
         elif handler == H_POP_RM:  # 8F /0  POP r/m32 (the address uses ESP after the pop)
-            v = read32(mem, state, esp_before)
+            v = read32(mem, state, esp_before, user)
             if v < 0:
                 fault = True
             else:
                 state[ESP] = (esp_before + 4) & MASK32
                 if mod == 3:
                     state[rm] = v
-                elif write32(mem, state, effective_address(mem, p, state, OPINFO), v) < 0:
+                elif write32(mem, state, effective_address(mem, p, state, OPINFO), v, user) < 0:
                     fault = True
         elif handler == H_NOP:  # 90  NOP (XCHG EAX, EAX)
             pass
@@ -664,7 +833,7 @@ def run(state, mem, budget):
                 v = state[rm]
             else:  # a bit string in memory: the signed offset may reach other dwords
                 offset = state[reg]
-                v = read32(mem, state, (ea + ((sign_extend(offset, 4) >> 5) << 2)) & MASK32)
+                v = read32(mem, state, (ea + ((sign_extend(offset, 4) >> 5) << 2)) & MASK32, user)
                 offset &= 31
             if v < 0:
                 fault = True
@@ -678,14 +847,14 @@ def run(state, mem, budget):
             if c != 0:
                 eip = (eip + sign_extend(imm, 1)) & MASK32
         elif handler == H_LEAVE:  # C9  LEAVE (ESP = EBP; POP EBP)
-            v = read32(mem, state, state[EBP])
+            v = read32(mem, state, state[EBP], user)
             if v < 0:
                 fault = True
             else:
                 state[ESP] = (state[EBP] + 4) & MASK32
                 state[EBP] = v
         elif handler == H_PUSHAD:  # 60  PUSHAD
-            i = host_index(state, (esp_before - 32) & MASK32, 32)
+            i = host_index_slow(mem, state, (esp_before - 32) & MASK32, 32, True, user)
             if i < 0:
                 fault = True
             else:
@@ -693,7 +862,7 @@ def run(state, mem, budget):
                     store(mem, i + 28 - 4 * r, 4, state[r] if r != ESP else esp_before)
                 state[ESP] = (esp_before - 32) & MASK32
         elif handler == H_POPAD:  # 61  POPAD (the saved ESP is skipped)
-            i = host_index(state, esp_before, 32)
+            i = host_index_slow(mem, state, esp_before, 32, False, user)
             if i < 0:
                 fault = True
             else:
@@ -718,7 +887,7 @@ def run(state, mem, budget):
         elif handler == H_MOV_MOFFS:
             # A0  MOV AL, moffs8;  A1  MOV EAX, moffs32;  A2  MOV moffs8, AL;  A3  MOV moffs32, EAX
             osize = 4 if op & 1 else 1
-            i = host_index(state, imm, osize)
+            i = host_index_slow(mem, state, imm, osize, op >= 0xA2, user)
             if i < 0:
                 fault = True
             elif op <= 0xA1:
@@ -734,7 +903,7 @@ def run(state, mem, budget):
                 kind = op & 0xFE
                 step = -osize if flags & FLAG_DF else osize
                 ok, lop, la, lb, lres, lmask = string_step(
-                    mem, state, kind, osize, step, lop, la, lb, lres, lmask
+                    mem, state, kind, osize, step, lop, la, lb, lres, lmask, user
                 )
                 if not ok:
                     fault = True
@@ -764,9 +933,15 @@ def run(state, mem, budget):
             fault = trap = raise_fault(state, VECTOR_BP, NO_ERROR_CODE)
         elif handler == H_INT:  # CD ib  INT imm8: a software interrupt, EIP after the instruction
             fault = trap = raise_fault(state, imm, NO_ERROR_CODE)
-        elif handler == H_HLT:  # F4  HLT (privileged)
-            if state[CS] & 3:
+        elif handler == H_HLT:  # F4  HLT (privileged): wait for an interrupt
+            if user or state[CS] & 3:
                 fault = raise_fault(state, VECTOR_GP, 0)
+            elif controls & EXIT_ON_HLT or not flags & FLAG_IF:
+                reason = EXIT_HALT  # (with IF clear, nothing could wake it)
+            elif irq_pending:
+                pass  # an interrupt is waiting: it is taken before the next instruction
+            elif timer_period > 0:
+                cycles = max(cycles, tick_at)  # idle until the next timer tick
             else:
                 reason = EXIT_HALT
         elif handler == H_CLI_STI:  # FA  CLI;  FB  STI  (CPL <= IOPL)
@@ -775,6 +950,7 @@ def run(state, mem, budget):
             elif op == 0xFA:
                 flags &= ~FLAG_IF
             else:
+                shadow = not flags & FLAG_IF  # interrupts wait for the next instruction
                 flags |= FLAG_IF
         elif handler == H_IO:
             # E4 ib  IN AL, imm8;  E5 ib  IN EAX, imm8;  E6 ib  OUT imm8, AL;  E7 ib  OUT imm8, EAX
@@ -784,41 +960,71 @@ def run(state, mem, budget):
             else:
                 osize = 4 if op & 1 else 1
                 is_in = (op & 2) == 0
-                state[EXIT_PORT] = imm if op < 0xEC else state[EDX] & 0xFFFF
-                state[EXIT_SIZE] = osize
-                state[EXIT_IS_IN] = 1 if is_in else 0
-                state[EXIT_VALUE] = 0 if is_in else get_reg(state, EAX, osize)
-                reason = EXIT_IO
-        elif handler == H_CPUID:  # 0F A2  CPUID
-            if controls & EXIT_ON_CPUID:
+                port = imm if op < 0xEC else state[EDX] & 0xFFFF
+                value = 0 if is_in else get_reg(state, EAX, osize)
+                if not controls & EXIT_ON_IO and is_core_port(port):  # PIC and PIT
+                    state[TIMER_NEXT] = state[CYCLES] + tick_at  # (the device may change it)
+                    value = device_io(state, port, is_in, value, state[CYCLES] + cycles)
+                    if is_in:
+                        set_reg(state, EAX, osize, value)
+                    cycles += state[COST_IO]
+                    timer_period = state[TIMER_PERIOD]
+                    tick_at = state[TIMER_NEXT] - state[CYCLES]
+                    irq_pending = irq_waiting(state)
+                else:  # every other port is emulated in Python
+                    state[EXIT_PORT] = port
+                    state[EXIT_SIZE] = osize
+                    state[EXIT_IS_IN] = 1 if is_in else 0
+                    state[EXIT_VALUE] = value
+                    reason = EXIT_IO
+        elif handler == H_IRET:  # CF  IRET (to any ring; pops ESP and SS when going out)
+            ok, new_eip, new_flags = iret(mem, state, materialize(lop, la, lb, lres, lmask, flags))
+            if not ok:
+                fault = True
+            else:
+                eip, flags, lop = new_eip, new_flags, LOP_NONE
+                code_tag = -1
+                irq_pending = irq_waiting(state)
+        elif handler == H_SYSTEM:
+            # 0F 01  SGDT SIDT LGDT LIDT SMSW INVLPG;  0F 00  SLDT STR LTR;  0F 20/22  MOV CRn;
+            # 8C/8E  MOV to and from Sreg;  0F A2  CPUID: see vm.cpu.system
+            status = system_instruction(mem, state, op, mod, reg, rm, ea, src, user)
+            if status == SYSTEM_FAULT:
+                fault = True
+            elif status == SYSTEM_NEW_TRANSLATIONS:
+                code_tag = -1
+            elif status == SYSTEM_SHADOW:
+                shadow = True  # after MOV SS, interrupts wait one instruction
+            elif status == SYSTEM_EXIT_CPUID:
                 reason = EXIT_CPUID
-            elif state[EAX] == 0:  # leaf 0: highest leaf, vendor string
-                state[EAX] = 1
-                state[EBX] = CPUID_VENDOR[0]
-                state[EDX] = CPUID_VENDOR[1]
-                state[ECX] = CPUID_VENDOR[2]
-            else:  # leaf 1: family 3 (an i386), no feature bits
-                state[EAX] = 0x300
-                state[EBX] = 0
-                state[ECX] = 0
-                state[EDX] = 0
         else:
             # 0F 0B  UD2;  0F 01 C1  VMCALL (#UD outside a VM);  anything else unsupported
             fault = raise_fault(state, VECTOR_UD, NO_ERROR_CODE)
 
         # ---- 4. write back and retire ----------------------------------------------------
         if fault:
-            vector = state[FAULT_VECTOR]
-            state[EXIT_VECTOR] = vector
-            state[EXIT_ERROR] = state[FAULT_ERROR]
             if trap:  # INT3 and INT n completed: EIP stays after them
                 count += 1
                 cycles += state[COST_TABLE + form]
             else:  # a fault: put back what the operand stage changed, restart later
                 eip = start
                 state[ESP] = esp_before
-            reason = EXIT_FAULT
-            break
+            flags = materialize(lop, la, lb, lres, lmask, flags)
+            lop = LOP_NONE
+            outcome, eip, flags = raise_event(
+                mem, state, state[FAULT_VECTOR], state[FAULT_ERROR], eip, flags, trap, start
+            )
+            code_tag = -1
+            if outcome == EVENT_EXIT:
+                reason = EXIT_FAULT
+                break
+            if outcome == EVENT_SHUTDOWN:
+                reason = EXIT_SHUTDOWN
+                break
+            cycles += state[COST_EXCEPTION]
+            if not trap:
+                events += 1  # (a trap's instruction was counted already)
+            continue
         if writeback:
             if mod == 3:
                 set_reg(state, rm, size, result)
@@ -832,8 +1038,10 @@ def run(state, mem, budget):
         if reason != EXIT_NONE:
             break
 
+    cycles += (state[STAT_PAGE_WALKS] - walks_before) * state[COST_PAGE_WALK]
     state[EIP] = eip
     state[EFLAGS] = materialize(lop, la, lb, lres, lmask, flags) | EFLAGS_FIXED
+    state[TIMER_NEXT] = state[CYCLES] + tick_at
     state[INSTRUCTIONS] += count
     state[CYCLES] += cycles
     state[EXIT_REASON] = reason

@@ -9,8 +9,9 @@ executes it by opcode; ``instruction_length`` runs the same decoder from Python.
 from __future__ import annotations
 
 import numpy as np
+from numba import types
 
-from vm.cpu.jit import jit, jit_inline
+from vm.cpu.jit import Mem, State, Table, i64, jit, jit_inline
 from vm.isa import FORMS, IMM_SIZES
 
 # OPINFO bits, per opcode index (first byte, or 256 + second byte after 0F).
@@ -20,6 +21,8 @@ IMM_ONLY_DIGIT0 = 1 << 4  # F6/F7: only /0 (TEST) has an immediate
 VALID = 1 << 5
 DIGITS_SHIFT = 8  # bits 8..15: ModRM digits supported (all eight for /r and no-ModRM)
 PREFIX = 1 << 6  # the byte is a prefix the decoder accepts, not an opcode
+REG_ONLY = 1 << 7  # ModRM.rm always names a register (MOV to/from CRn ignore mod)
+MEMORY_ONLY = 1 << 16  # ModRM must name memory (LEA): mod = 3 is not an instruction
 
 MAX_PREFIXES = 4
 MAX_INSTRUCTION = 15
@@ -47,7 +50,11 @@ def build_opinfo() -> np.ndarray:
             bits = VALID
             if form.modrm is not None:
                 bits |= HAS_MODRM
-            if form.modrm in (None, "r"):
+            if "r32rm" in form.operands:
+                bits |= REG_ONLY
+            if "sreg" in form.operands:  # ES CS SS DS FS GS; CS cannot be loaded
+                digits = 0x3D if form.operands[0] == "sreg" else 0x3F
+            elif form.modrm in (None, "r"):
                 digits = 0xFF
             else:
                 digits = 1 << int(form.modrm)
@@ -58,9 +65,12 @@ def build_opinfo() -> np.ndarray:
         if len(set(sizes.values())) > 1:  # F6/F7: TEST has an immediate, NOT..IDIV do not
             assert set(sizes) >= {0} and all(v == 0 for d, v in sizes.items() if d != 0), i
             info[i] = (info[i] & ~(7 << IMM_SHIFT)) | (sizes[0] << IMM_SHIFT) | IMM_ONLY_DIGIT0
+    for form in FORMS:  # opcodes whose every form takes a memory operand only
+        index = opcode_index(form.opcode)
+        if all("m" in f.operands for f in FORMS if opcode_index(f.opcode) == index):
+            info[index] |= MEMORY_ONLY
     for b in (PREFIX_REP, PREFIX_REPNE, *SEGMENT_PREFIXES):
         info[b] = PREFIX
-    # VMCALL is 0F 01 C1: only that ModRM byte; the decoder checks it (see decode).
     return info
 
 
@@ -72,7 +82,7 @@ ACC_PUSH = 1 << 2  # a dword is pushed (the stack slot is checked up front)
 ACC_POP = 1 << 3  # a dword is popped into ``popped`` before the instruction executes
 ACC_SIZE_SHIFT = 4  # bits 4..6: r/m operand size in bytes (1, 2 or 4)
 
-_READ_ONLY_RM = {"cmp", "test", "push", "jmp", "call", "mul", "imul", "div", "idiv", "bt"}
+_READ_ONLY_RM = {"cmp", "test", "push", "jmp", "call", "mul", "imul", "div", "idiv", "bt", "ltr"}
 
 
 def form_access(form) -> int:
@@ -83,8 +93,16 @@ def form_access(form) -> int:
     rm_pos = next((i for i, k in enumerate(kinds) if k in ("rm8", "rm16", "rm32")), None)
     # POP r/m32 computes its address after the pop, and BT r/m32, r32 addresses a bit
     # string: the core handles the memory operand of those two itself.
-    special = (name == "pop" and rm_pos is not None) or (name == "bt" and kinds[1] == "r32")
+    # STR, SLDT, SMSW and MOV r/m, Sreg store a word to memory but a dword to a register.
+    special = (
+        (name == "pop" and rm_pos is not None)
+        or (name == "bt" and kinds[1] == "r32")
+        or name in ("str", "sldt", "smsw")
+        or kinds == ("rm32", "sreg")
+    )
     if rm_pos is not None and not special:
+        if kinds[0] == "sreg":  # MOV Sreg, r/m: a selector is a word
+            return ACC_READ | (2 << ACC_SIZE_SHIFT)
         if name == "xchg":
             acc = ACC_READ | ACC_WRITE
         elif rm_pos > 0 or name in _READ_ONLY_RM:
@@ -116,7 +134,6 @@ def build_access() -> np.ndarray:
 
 OPINFO = build_opinfo()
 ACCESS = build_access()
-OPCODE_0F01 = 256 + 0x01
 
 
 @jit_inline
@@ -173,9 +190,11 @@ def decode(code, p, regs, opinfo):
         rm = modrm & 7
         if not (info >> (DIGITS_SHIFT + reg)) & 1:
             return 0, op, rep, mod, reg, rm, 0, 0
-        if op == OPCODE_0F01 and modrm != 0xC1:
+        if info & REG_ONLY:
+            mod = 3
+        elif mod == 3 and info & MEMORY_ONLY:
             return 0, op, rep, mod, reg, rm, 0, 0
-        if mod != 3:
+        elif mod != 3:
             if rm == 4:  # SIB byte follows
                 sib = np.int64(code[q])
                 q += 1
@@ -224,7 +243,13 @@ def instruction_length(code: bytes) -> int:
     return length if length <= len(data) else 0
 
 
-@jit
+@jit(types.UniTuple(i64, 8)(Mem, i64, State, Table))
+def decode_again(code, p, regs, opinfo):
+    """decode, as a call (so the run loop inlines only one copy of the decoder)."""
+    return decode(code, p, regs, opinfo)
+
+
+@jit(i64(Mem, i64, State, Table))
 def effective_address(code, p, regs, opinfo):
     """The ModRM effective address of the instruction at code[p:] with the given registers."""
     return decode(code, p, regs, opinfo)[6]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vm.cpu.jit import jit, jit_inline
+from vm.cpu.jit import i64, jit, jit_inline
 from vm.cpu.state import FLAG_AF, FLAG_CF, FLAG_OF, FLAG_PF, FLAG_SF, FLAG_ZF
 
 LOP_NONE = 0  # every arithmetic flag is in the flags word
@@ -72,6 +72,8 @@ def get_of(lop, la, lb, lres, lmask, flags):
         return 1 if ((la ^ res) & (lb ^ res) & sign) != 0 else 0
     if lop in (LOP_SUB, LOP_DEC):
         return 1 if ((la ^ lb) & (la ^ res) & sign) != 0 else 0
+    if lop == LOP_CFOF:
+        return lb
     return 0
 
 
@@ -93,7 +95,7 @@ def get_af(lop, la, lb, lres, lmask, flags):
     return ((la ^ lb ^ lres) >> 4) & 1
 
 
-@jit
+@jit(i64(i64, i64, i64, i64, i64, i64))
 def materialize(lop, la, lb, lres, lmask, flags):
     """The whole EFLAGS word, every arithmetic flag computed."""
     if lop == LOP_NONE:

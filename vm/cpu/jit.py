@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 import numba
-from numba import njit
+from numba import njit, types
 
 _PACKAGE = Path(__file__).resolve().parent.parent
 
@@ -46,18 +46,39 @@ def cache_dir() -> Path:
 CACHE_DIR = str(cache_dir())
 
 
-def _compile(fn, **options):
+# Argument types for the explicit signatures of compiled (not inlined) functions. Numba
+# would otherwise compile a new copy for every combination of constant arguments it is
+# called with (host_index_slow(..., 4, True, ...) and (..., 8, False, ...) ...), which
+# tripled the core's compile time.
+Mem = types.Array(types.uint8, 1, "C")  # guest memory
+State = types.Array(types.int64, 1, "C")  # the state array
+Table = types.Array(types.int64, 1, "C", readonly=True)  # a constant table (OPINFO)
+i64 = types.int64
+b1 = types.boolean
+
+
+def pair(t):
+    """A tuple of two t."""
+    return types.UniTuple(t, 2)
+
+
+def _compile(fn, signature=None, **options):
     saved = numba.config.CACHE_DIR
     numba.config.CACHE_DIR = CACHE_DIR  # read when the dispatcher sets up its cache
     try:
-        return njit(cache=True, _nrt=False, **options)(fn)
+        if signature is None:
+            return njit(cache=True, _nrt=False, **options)(fn)
+        return njit(signature, cache=True, _nrt=False, **options)(fn)
     finally:
         numba.config.CACHE_DIR = saved
 
 
-def jit(fn):
-    """Compile fn with numba (cached, no NRT)."""
-    return _compile(fn)
+def jit(signature):
+    """Compile a function with numba (cached, no NRT), for exactly this signature.
+
+    Use as ``@jit(i64(State, i64))``.
+    """
+    return lambda fn: _compile(fn, signature)
 
 
 def jit_inline(fn):

@@ -1,32 +1,58 @@
 """Guest memory access for the core: linear address -> host index, reads and writes.
 
-Every access goes through ``host_index``, which checks the whole access against the
-guest-physical window (``MEM_BASE``, ``MEM_SIZE`` in the state): a guest can never reach a
-byte outside it, whatever address it computes. An access outside the window records #GP(0)
-in the state's FAULT slots and returns -1; the caller abandons the instruction.
+Every access goes through ``host_index``. With paging on (CR0.PG) the linear address is
+translated through the software TLB, or on a miss by walking the guest's two-level page
+table (``walk``), with the U/S and R/W checks of the i386 (and CR0.WP for the
+supervisor). Every physical address, page-table entries included, is then checked
+against the guest-physical window (``MEM_BASE``, ``MEM_SIZE`` in the state): a guest can
+never reach a byte outside it, whatever it writes in its page tables.
 
-Values are returned as int64 in 0..2**32-1, so -1 can mean "faulted".
+A failed access records its exception in the state's FAULT slots (#PF with CR2 and the
+error code, or #GP(0) outside the window) and returns -1; the caller abandons the
+instruction. Values are int64 in 0..2**32-1, so -1 can mean "faulted".
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import types
 
-from vm.cpu.jit import jit_inline
-from vm.cpu.state import FAULT_ERROR, FAULT_VECTOR, MEM_BASE, MEM_SIZE
+from vm.cpu.jit import Mem, State, b1, i64, jit, jit_inline
+from vm.cpu.state import (
+    CR0,
+    CR0_PG,
+    CR0_WP,
+    CR2,
+    CR3,
+    FAULT_ERROR,
+    FAULT_VECTOR,
+    MEM_BASE,
+    MEM_SIZE,
+    STAT_PAGE_WALKS,
+    STAT_TLB_FLUSHES,
+    TLB_ENTRIES,
+    TLB_TAGS,
+    TLB_USER,
+    TLB_VALUES,
+    TLB_WRITE_SUPERVISOR,
+    TLB_WRITE_USER,
+)
 
 VECTOR_GP = 13
+VECTOR_PF = 14
+PAGE_MASK = 0xFFFFF000
 
+# Page-table entry bits.
+PTE_PRESENT = 0x01
+PTE_WRITE = 0x02
+PTE_USER = 0x04
+PTE_ACCESSED = 0x20
+PTE_DIRTY = 0x40
 
-@jit_inline
-def host_index(state, lin, size):
-    """Index into the host memory array of a size-byte access at linear address lin, or -1."""
-    phys = lin  # paging off: physical = linear
-    if phys + size > state[MEM_SIZE]:
-        state[FAULT_VECTOR] = VECTOR_GP
-        state[FAULT_ERROR] = 0
-        return -1
-    return state[MEM_BASE] + phys
+# #PF error-code bits.
+PF_PRESENT = 1  # the page was present: a protection violation
+PF_WRITE = 2
+PF_USER = 4
 
 
 @jit_inline
@@ -46,28 +72,171 @@ def load(mem, i, size):
 
 @jit_inline
 def store(mem, i, size, value):
-    """Store a byte or dword at host index i (already checked by host_index)."""
+    """Store a byte, word or dword at host index i (already checked by host_index)."""
     mem[i] = value & 0xFF
-    if size == 4:
+    if size >= 2:
         mem[i + 1] = (value >> 8) & 0xFF
+    if size == 4:
         mem[i + 2] = (value >> 16) & 0xFF
         mem[i + 3] = (value >> 24) & 0xFF
 
 
 @jit_inline
-def read32(mem, state, lin):
+def outside_window(state, phys, size):
+    """Record #GP(0) and return True when [phys, phys+size) is not guest memory."""
+    if phys < 0 or phys + size > state[MEM_SIZE]:
+        state[FAULT_VECTOR] = VECTOR_GP
+        state[FAULT_ERROR] = 0
+        return True
+    return False
+
+
+@jit_inline
+def page_fault(state, lin, error):
+    """Record #PF: CR2 = the linear address, and the error code."""
+    state[CR2] = lin
+    state[FAULT_VECTOR] = VECTOR_PF
+    state[FAULT_ERROR] = error
+    return -1
+
+
+@jit(i64(Mem, State, i64, b1, b1))
+def walk(mem, state, lin, write, user):
+    """Translate lin by walking the page tables; fill the TLB. The physical page, or -1."""
+    state[STAT_PAGE_WALKS] += 1
+    base = state[MEM_BASE]
+    error = (PF_WRITE if write else 0) | (PF_USER if user else 0)
+    pde_at = (state[CR3] & PAGE_MASK) + ((lin >> 22) << 2)
+    if outside_window(state, pde_at, 4):
+        return -1
+    pde = load(mem, base + pde_at, 4)
+    if not pde & PTE_PRESENT:
+        return page_fault(state, lin, error)
+    pte_at = (pde & PAGE_MASK) + (((lin >> 12) & 0x3FF) << 2)
+    if outside_window(state, pte_at, 4):
+        return -1
+    pte = load(mem, base + pte_at, 4)
+    if not pte & PTE_PRESENT:
+        return page_fault(state, lin, error)
+    user_ok = (pde & pte & PTE_USER) != 0
+    writable = (pde & pte & PTE_WRITE) != 0
+    if user and not user_ok:
+        return page_fault(state, lin, error | PF_PRESENT)
+    if write and not writable and (user or state[CR0] & CR0_WP):
+        return page_fault(state, lin, error | PF_PRESENT)
+    page = pte & PAGE_MASK
+    if outside_window(state, page, 4096):
+        return -1
+    store(mem, base + pde_at, 4, pde | PTE_ACCESSED)
+    pte |= PTE_ACCESSED
+    if write:
+        pte |= PTE_DIRTY
+    store(mem, base + pte_at, 4, pte)
+    value = page
+    if user_ok:
+        value |= TLB_USER
+    if pte & PTE_DIRTY:  # only a dirty page may be written without a walk (to set D)
+        if writable:
+            value |= TLB_WRITE_USER
+        if writable or not state[CR0] & CR0_WP:
+            value |= TLB_WRITE_SUPERVISOR
+    slot = (lin >> 12) & (TLB_ENTRIES - 1)
+    state[TLB_TAGS + slot] = lin >> 12
+    state[TLB_VALUES + slot] = value
+    return page
+
+
+@jit_inline
+def translate(mem, state, lin, write, user):
+    """The physical page of lin (TLB first, then a walk), or -1."""
+    slot = (lin >> 12) & (TLB_ENTRIES - 1)
+    if state[TLB_TAGS + slot] == lin >> 12:
+        value = state[TLB_VALUES + slot]
+        if write:
+            allowed = value & (TLB_WRITE_USER if user else TLB_WRITE_SUPERVISOR)
+        else:
+            allowed = value & TLB_USER if user else 1
+        if allowed:
+            return value & PAGE_MASK
+    return walk(mem, state, lin, write, user)
+
+
+@jit(i64(Mem, State, i64, i64, b1, b1))
+def host_index_slow(mem, state, lin, size, write, user):
+    """host_index for every case: paging off or on, TLB miss, an access across pages."""
+    if not state[CR0] & CR0_PG:
+        if outside_window(state, lin, size):
+            return -1
+        return state[MEM_BASE] + lin
+    page = translate(mem, state, lin, write, user)
+    if page < 0:
+        return -1
+    offset = lin & 0xFFF
+    if offset + size > 4096:  # the access straddles two pages
+        second = translate(mem, state, (lin + size - 1) & 0xFFFFFFFF, write, user)
+        if second < 0:
+            return -1
+        if second != page + 4096:  # not physically adjacent: see README, Differences
+            state[FAULT_VECTOR] = VECTOR_GP
+            state[FAULT_ERROR] = 0
+            return -1
+    return state[MEM_BASE] + page + offset
+
+
+@jit_inline
+def host_index(mem, state, lin, size, write, user):
+    """Index into the host memory array of a size-byte access at linear address lin, or -1.
+
+    ``write``: the access writes; ``user``: it is made at CPL 3. The common cases (paging
+    off; a TLB hit inside one page) are inline; the rest is host_index_slow.
+    """
+    if not state[CR0] & CR0_PG:
+        if lin + size > state[MEM_SIZE]:
+            return host_index_slow(mem, state, lin, size, write, user)  # records the #GP
+        return state[MEM_BASE] + lin
+    offset = lin & 0xFFF
+    slot = (lin >> 12) & (TLB_ENTRIES - 1)
+    if offset + size <= 4096 and state[TLB_TAGS + slot] == lin >> 12:
+        value = state[TLB_VALUES + slot]
+        if write:
+            allowed = value & (TLB_WRITE_USER if user else TLB_WRITE_SUPERVISOR)
+        else:
+            allowed = value & TLB_USER if user else 1
+        if allowed:
+            return state[MEM_BASE] + (value & PAGE_MASK) + offset
+    return host_index_slow(mem, state, lin, size, write, user)
+
+
+@jit(i64(Mem, State, i64, b1))
+def read32(mem, state, lin, user):
     """The dword at linear address lin, or -1."""
-    i = host_index(state, lin, 4)
+    i = host_index_slow(mem, state, lin, 4, False, user)
     if i < 0:
         return -1
     return load(mem, i, 4)
 
 
-@jit_inline
-def write32(mem, state, lin, value):
+@jit(i64(Mem, State, i64, i64, b1))
+def write32(mem, state, lin, value, user):
     """Store a dword at linear address lin; 0, or -1 on a fault."""
-    i = host_index(state, lin, 4)
+    i = host_index_slow(mem, state, lin, 4, True, user)
     if i < 0:
         return -1
     store(mem, i, 4, value)
     return 0
+
+
+@jit(types.none(State))
+def flush_tlb(state):
+    """Forget every translation (a CR3 write)."""
+    state[STAT_TLB_FLUSHES] += 1
+    for slot in range(TLB_ENTRIES):
+        state[TLB_TAGS + slot] = -1
+
+
+@jit(types.none(State, i64))
+def invalidate_page(state, lin):
+    """Forget the translation of one page (INVLPG)."""
+    slot = (lin >> 12) & (TLB_ENTRIES - 1)
+    if state[TLB_TAGS + slot] == lin >> 12:
+        state[TLB_TAGS + slot] = -1

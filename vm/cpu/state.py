@@ -55,13 +55,59 @@ TR = 35
 FAULT_VECTOR = 36
 FAULT_ERROR = 37
 
+TSS_BASE = 38  # linear base of the TSS, cached by LTR from its GDT descriptor
+
+# Devices inside the core (so bare metal needs no exit per tick), visible from Python.
+PIC_IRR = 39  # interrupt requests waiting (bit n = IRQ n)
+PIC_IMR = 40  # masked IRQs
+PIC_ISR = 41  # IRQs being served (cleared by an end-of-interrupt)
+PIC_VECTOR_BASE = 42  # IRQ n arrives as vector PIC_VECTOR_BASE + n
+TIMER_PERIOD = 43  # cycles between timer ticks (IRQ 0); 0 = timer off
+TIMER_NEXT = 44  # CYCLES value of the next tick
+PIT_LATCH = 45  # PIT divisor being written: low byte, then high byte (bit 16: low seen)
+HALTED = 46  # 1 while HLT waits for an interrupt
+
+# Event costs in simulated cycles (set from a CostModel, vm.cpu.cost).
+COST_EXCEPTION = 47  # delivering an exception or interrupt through the IDT
+COST_PAGE_WALK = 48  # a TLB miss: walking the two-level page table
+COST_IO = 49  # an IN or OUT handled by a device in the core
+
+# Statistics over the whole life of the machine.
+STAT_PAGE_WALKS = 50
+STAT_TLB_FLUSHES = 51
+STAT_INTERRUPTS = 52  # external interrupts delivered
+
+# Data segment selectors (kept for MOV to and from segment registers; segments are flat).
+DS = 53
+ES = 54
+FS = 55
+GS = 56
+FRAME = 57  # 6 scratch slots: the frame an interrupt delivery pushes
+
 # Slot ranges after the registers: breakpoint addresses, then the cost table
 # (simulated cycles per instruction form, see vm.isa.opcode_cost_table).
 MAX_BREAKPOINTS = 64
 BREAKPOINTS = 64
 COST_TABLE = BREAKPOINTS + MAX_BREAKPOINTS
 COST_TABLE_SIZE = 512 * 8
-STATE_SIZE = COST_TABLE + COST_TABLE_SIZE
+# How many times each vector was delivered or exited (exceptions, IRQs, INT n).
+VECTOR_COUNTS = COST_TABLE + COST_TABLE_SIZE
+# The software TLB: TLB_ENTRIES direct-mapped entries, a tag (virtual page number, or -1)
+# and a value (physical page | TLB_* permission bits) each.
+TLB_ENTRIES = 256
+TLB_TAGS = VECTOR_COUNTS + 256
+TLB_VALUES = TLB_TAGS + TLB_ENTRIES
+STATE_SIZE = TLB_VALUES + TLB_ENTRIES
+
+# TLB value bits (the page is 4 KiB aligned, so the low 12 bits are free).
+TLB_USER = 1  # user (CPL 3) accesses allowed
+TLB_WRITE_USER = 2  # user writes allowed (and the page is already dirty)
+TLB_WRITE_SUPERVISOR = 4  # supervisor writes allowed (and the page is already dirty)
+
+# CR0 bits.
+CR0_PE = 0x1
+CR0_WP = 0x10000
+CR0_PG = 0x80000000
 
 # The core keeps a few bytes of scratch at the very end of the memory array, outside
 # every guest window (instruction bytes fetched near the end of a window).
@@ -72,6 +118,7 @@ EXIT_ON_IO = 1
 EXIT_ON_HLT = 2
 EXIT_ON_CPUID = 4
 EXIT_ON_CR_ACCESS = 8
+EXIT_ON_SOFT_INT = 16  # INT n and INT3 exit (as FAULT) instead of going through the IDT
 
 # EFLAGS bits.
 FLAG_CF = 0x001
@@ -99,5 +146,8 @@ def new_state() -> np.ndarray:
     state[SS] = 0x10
     state[CR0] = 0x1  # PE: protected mode from reset (see README, Differences)
     state[EXC_EXIT_BITMAP] = 0xFFFFFFFF
-    state[EXIT_CONTROLS] = EXIT_ON_IO | EXIT_ON_HLT
+    state[EXIT_CONTROLS] = EXIT_ON_IO | EXIT_ON_HLT | EXIT_ON_SOFT_INT
+    state[PIC_IMR] = 0xFF
+    state[PIC_VECTOR_BASE] = 32
+    state[TLB_TAGS : TLB_TAGS + TLB_ENTRIES] = -1
     return state

@@ -17,6 +17,9 @@ Operand kinds
 ``rel8`` ``rel32``    a branch target, encoded relative to the next instruction
 ``moffs8`` ``moffs32`` a direct memory address with no ModRM (MOV AL/EAX forms)
 ``al`` ``eax`` ``cl`` ``dx`` ``1``  that exact operand
+``cr``                a control register CR0, CR2, CR3 or CR4 (ModRM.reg)
+``r32rm``             a general register in ModRM.rm (MOV to and from CRn: mod is 3)
+``sreg``              a segment register ES CS SS DS FS GS (ModRM.reg)
 """
 
 from __future__ import annotations
@@ -274,6 +277,22 @@ FORMS: list[Form] = [
     Form("out", ("dx", "al"), b"\xee", user=False, cost=10),
     Form("out", ("dx", "eax"), b"\xef", user=False, cost=10),
     Form("cpuid", (), b"\x0f\xa2", user=False, cost=20),
+    Form("iret", (), b"\xcf", user=False, cost=10),
+    Form("iretd", (), b"\xcf", user=False, cost=10),
+    Form("lgdt", ("m",), b"\x0f\x01", "2", user=False, cost=10),
+    Form("lidt", ("m",), b"\x0f\x01", "3", user=False, cost=10),
+    Form("sgdt", ("m",), b"\x0f\x01", "0", user=False),
+    Form("sidt", ("m",), b"\x0f\x01", "1", user=False),
+    Form("smsw", ("rm32",), b"\x0f\x01", "4", user=False),
+    Form("invlpg", ("m",), b"\x0f\x01", "7", user=False, cost=10),
+    Form("sldt", ("rm32",), b"\x0f\x00", "0", user=False),
+    Form("str", ("rm32",), b"\x0f\x00", "1", user=False),
+    Form("ltr", ("rm16",), b"\x0f\x00", "3", user=False, cost=10),
+    Form("mov", ("r32rm", "cr"), b"\x0f\x20", "r", user=False, cost=5),
+    Form("mov", ("cr", "r32rm"), b"\x0f\x22", "r", user=False, cost=5),
+    Form("mov", ("rm32", "sreg"), b"\x8c", "r", user=False),
+    Form("mov", ("sreg", "rm16"), b"\x8e", "r", user=False, cost=3),
+    Form("mov", ("sreg", "rm32"), b"\x8e", "r", user=False, cost=3),
     Form("ud2", (), b"\x0f\x0b", user=False),
     Form("vmcall", (), b"\x0f\x01\xc1", user=False),
 ]

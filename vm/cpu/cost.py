@@ -1,0 +1,113 @@
+"""The cost model: simulated cycles for instructions and for events.
+
+Instructions cost their form's base cycles (vm.isa). Events cost what a CostModel says:
+exception or interrupt delivery, a page walk (TLB miss), port I/O handled in the core, and
+for the hypervisors a VM exit and entry, a hypercall, a shadow page-table update, an
+emulated instruction and a binary-translation callout. Lessons compare modes in these
+simulated cycles, which are deterministic; wall-clock time is reported beside them.
+
+Presets carry the figures published for real processors where there is a source, and
+say where there is none (those are vmlab's illustrative choices, of the right order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from vm.cpu import state as S
+
+ADAMS_AGESEN = (
+    "K. Adams and O. Agesen, 'A Comparison of Software and Hardware Techniques for x86 "
+    "Virtualization', ASPLOS 2006"
+)
+BUGNION_NIEH_TSAFRIR = (
+    "E. Bugnion, J. Nieh and D. Tsafrir, 'Hardware and Software Support for "
+    "Virtualization', Morgan & Claypool 2017 (VM exit latency by processor generation)"
+)
+ILLUSTRATIVE = "vmlab's illustrative figure (no published measurement used)"
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Cycles per event, with where each figure comes from."""
+
+    name: str
+    exception: int = 100  # deliver an exception or interrupt through the IDT
+    page_walk: int = 30  # a TLB miss: walk the two-level page table
+    io: int = 200  # an IN or OUT to a device in the core
+    vm_exit: int = 2409  # a VM exit and the entry back (round trip)
+    hypercall: int = 2409  # a hypercall (an exit of its own kind)
+    shadow_update: int = 12733  # emulate a guest page-table write (hardware VMM, ptemod)
+    emulation: int = 500  # decode and emulate one instruction in the VMM
+    bt_callout: int = 391  # a binary-translated callout instead of a trap (ptemod, BT)
+    sources: tuple[tuple[str, str], ...] = ()
+
+    def apply(self, state: np.ndarray) -> None:
+        """Set the core's event costs in a state array."""
+        state[S.COST_EXCEPTION] = self.exception
+        state[S.COST_PAGE_WALK] = self.page_walk
+        state[S.COST_IO] = self.io
+
+    def with_(self, **changes: int) -> CostModel:
+        """A copy with some figures changed (for 'what if' questions in lessons)."""
+        return replace(self, name=f"{self.name} (modified)", **changes)
+
+
+_BASE_SOURCES = (
+    ("exception", ILLUSTRATIVE),
+    ("page_walk", ILLUSTRATIVE),
+    ("io", ILLUSTRATIVE),
+    ("emulation", ILLUSTRATIVE),
+)
+
+PRESETS: dict[str, CostModel] = {
+    "pentium4": CostModel(
+        "pentium4",
+        vm_exit=2409,
+        hypercall=2409,
+        shadow_update=12733,
+        bt_callout=391,
+        sources=(
+            *_BASE_SOURCES,
+            ("vm_exit", ADAMS_AGESEN + ": VM entry/exit round trip, 2,409 cycles (Pentium 4)"),
+            ("shadow_update", ADAMS_AGESEN + ": ptemod on first-generation VT-x, 12,733"),
+            ("bt_callout", ADAMS_AGESEN + ": ptemod under binary translation, 391 cycles"),
+        ),
+    ),
+    "core2": CostModel(
+        "core2",
+        vm_exit=937,
+        hypercall=937,
+        shadow_update=12733,
+        bt_callout=391,
+        sources=(
+            *_BASE_SOURCES,
+            ("vm_exit", ADAMS_AGESEN + ": VM entry/exit round trip, 937 cycles (Core 2)"),
+            ("shadow_update", ADAMS_AGESEN + ": ptemod on first-generation VT-x, 12,733"),
+            ("bt_callout", ADAMS_AGESEN + ": ptemod under binary translation, 391 cycles"),
+        ),
+    ),
+    "prescott": CostModel(
+        "prescott",
+        vm_exit=1926,
+        hypercall=1926,
+        sources=(*_BASE_SOURCES, ("vm_exit", BUGNION_NIEH_TSAFRIR + ": Prescott, 1,926 cycles")),
+    ),
+    "haswell": CostModel(
+        "haswell",
+        vm_exit=512,
+        hypercall=512,
+        sources=(*_BASE_SOURCES, ("vm_exit", BUGNION_NIEH_TSAFRIR + ": Haswell, 512 cycles")),
+    ),
+}
+DEFAULT = PRESETS["pentium4"]
+
+
+def preset(name: str) -> CostModel:
+    """A named preset; a clear error names the ones there are."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"no cost model {name!r}; presets: {', '.join(PRESETS)}") from None

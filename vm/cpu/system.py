@@ -1,0 +1,411 @@
+"""The i386 system model: descriptors, interrupt and exception delivery, IRET, LTR.
+
+Rare paths, so compiled as ordinary calls (not inlined into the run loop). Each returns a
+status and records a fault the same way memory accesses do (FAULT_VECTOR/FAULT_ERROR in
+the state), so the run loop handles a fault during delivery like any other.
+
+Segments are flat: a selector names a GDT descriptor whose DPL decides the privilege
+level; bases and limits are not applied to addresses (see README, Differences).
+"""
+
+from __future__ import annotations
+
+from numba import types
+
+from vm.cpu.jit import Mem, State, b1, i64, jit, pair
+from vm.cpu.memory import flush_tlb, host_index_slow, invalidate_page, load, store
+from vm.cpu.state import (
+    CR0,
+    CR0_PE,
+    CR2,
+    CR3,
+    CR4,
+    CS,
+    DS,
+    EAX,
+    EBX,
+    ECX,
+    EDX,
+    ES,
+    ESP,
+    EXIT_CONTROLS,
+    EXIT_ON_CPUID,
+    FAULT_ERROR,
+    FAULT_VECTOR,
+    FLAG_IF,
+    FLAG_IOPL,
+    FLAG_TF,
+    FRAME,
+    FS,
+    GDTR_BASE,
+    GDTR_LIMIT,
+    GS,
+    IDTR_BASE,
+    IDTR_LIMIT,
+    SS,
+    TR,
+    TSS_BASE,
+)
+
+VECTOR_UD = 6
+VECTOR_TS = 10
+VECTOR_NP = 11
+VECTOR_SS = 12
+VECTOR_GP = 13
+MASK32 = 0xFFFFFFFF
+
+GATE_INTERRUPT = 0xE  # 32-bit interrupt gate: clears IF
+GATE_TRAP = 0xF  # 32-bit trap gate: keeps IF
+TSS_AVAILABLE = 0x9
+TSS_BUSY = 0xB
+
+# The flags IRET restores at any CPL (CF PF AF ZF SF DF OF NT AC ID, and TF, which
+# vmlab keeps but does not act on); IF needs CPL <= IOPL, IOPL needs CPL 0.
+IRET_WRITABLE = 0x001 | 0x004 | 0x010 | 0x040 | 0x080 | 0x400 | 0x800 | 0x4000 | 0x40000
+IRET_WRITABLE |= 0x200000
+NT_RF_VM = 0x4000 | 0x10000 | 0x20000
+
+
+@jit(i64(State, i64, i64))
+def fail(state, vector, error):
+    """Record an exception raised by the system model; returns -1."""
+    state[FAULT_VECTOR] = vector
+    state[FAULT_ERROR] = error
+    return -1
+
+
+@jit(pair(i64)(Mem, State, i64))
+def descriptor(mem, state, selector):
+    """The 8-byte GDT descriptor of selector as (low dword, high dword), or (-1, -1).
+
+    A null selector or one past the GDT limit raises #GP(selector).
+    """
+    index = selector & 0xFFF8
+    if index == 0 or selector & 4 or index + 7 > state[GDTR_LIMIT]:
+        fail(state, VECTOR_GP, selector & 0xFFFC)
+        return -1, -1
+    i = host_index_slow(mem, state, (state[GDTR_BASE] + index) & MASK32, 8, False, False)
+    if i < 0:
+        return -1, -1
+    return load(mem, i, 4), load(mem, i + 4, 4)
+
+
+@jit(i64(i64, i64))
+def descriptor_base(low, high):
+    """The base address of a segment descriptor."""
+    return ((low >> 16) & 0xFFFF) | ((high & 0xFF) << 16) | (high & 0xFF000000)
+
+
+@jit(i64(Mem, State, i64, i64))
+def code_segment_dpl(mem, state, selector, error):
+    """DPL of the code segment selector names, or -1 (#GP(error) when it is not one)."""
+    _, high = descriptor(mem, state, selector)
+    if high < 0:
+        return -1
+    access = (high >> 8) & 0xFF
+    if access & 0x18 != 0x18:  # S = 1 and executable: a code segment
+        return fail(state, VECTOR_GP, error)
+    if not access & 0x80:
+        return fail(state, VECTOR_NP, error)
+    return (access >> 5) & 3
+
+
+@jit(i64(Mem, State, i64, i64))
+def push_frame(mem, state, esp, count):
+    """Push the FRAME slots 0..count of the state (first pushed first) at esp; the new ESP,
+    or -1."""
+    new_esp = (esp - 4 * count) & MASK32
+    i = host_index_slow(mem, state, new_esp, 4 * count, True, False)
+    if i < 0:
+        return -1
+    for k in range(count):
+        store(mem, i + 4 * (count - 1 - k), 4, state[FRAME + k])
+    return new_esp
+
+
+@jit(types.Tuple((b1, i64, i64))(Mem, State, i64, i64, i64, i64, b1))
+def deliver(mem, state, vector, error, return_eip, flags, software):
+    """Deliver an interrupt or exception through the IDT -> (ok, new EIP, new EFLAGS).
+
+    ``error`` >= 0 is pushed as the error code; ``software`` is INT n / INT3 (the gate's
+    DPL is checked against the CPL).
+    On a privilege change the new stack comes from the TSS (ESP0/SS0 or ESP1/SS1).
+    """
+    ext = 0 if software else 1
+    gate_error = vector * 8 + 2 + ext
+    if vector * 8 + 7 > state[IDTR_LIMIT]:
+        fail(state, VECTOR_GP, gate_error)
+        return False, return_eip, flags
+    i = host_index_slow(mem, state, (state[IDTR_BASE] + vector * 8) & MASK32, 8, False, False)
+    if i < 0:
+        return False, return_eip, flags
+    low = load(mem, i, 4)
+    high = load(mem, i + 4, 4)
+    gate_type = (high >> 8) & 0x1F
+    gate_dpl = (high >> 13) & 3
+    cpl = state[CS] & 3
+    if gate_type != GATE_INTERRUPT and gate_type != GATE_TRAP:
+        fail(state, VECTOR_GP, gate_error)
+        return False, return_eip, flags
+    if software and cpl > gate_dpl:
+        fail(state, VECTOR_GP, gate_error)
+        return False, return_eip, flags
+    if not high & 0x8000:
+        fail(state, VECTOR_NP, gate_error)
+        return False, return_eip, flags
+    selector = (low >> 16) & 0xFFFF
+    offset = (low & 0xFFFF) | (high & 0xFFFF0000)
+    new_cpl = code_segment_dpl(mem, state, selector, (selector & 0xFFFC) + ext)
+    if new_cpl < 0:
+        return False, return_eip, flags
+    if new_cpl > cpl:
+        fail(state, VECTOR_GP, (selector & 0xFFFC) + ext)
+        return False, return_eip, flags
+    n = 0
+    esp = state[ESP]
+    new_ss = state[SS]
+    if new_cpl < cpl:  # to an inner ring: switch to the stack the TSS gives for it
+        if state[TR] == 0:
+            fail(state, VECTOR_TS, ext)
+            return False, return_eip, flags
+        stack_at = (state[TSS_BASE] + 4 + 8 * new_cpl) & MASK32  # ESPn, SSn
+        j = host_index_slow(mem, state, stack_at, 8, False, False)
+        if j < 0:
+            return False, return_eip, flags
+        state[FRAME] = state[SS]
+        state[FRAME + 1] = esp
+        n = 2
+        esp = load(mem, j, 4)
+        new_ss = load(mem, j + 4, 4) & 0xFFFF
+    state[FRAME + n] = flags
+    state[FRAME + n + 1] = state[CS]
+    state[FRAME + n + 2] = return_eip
+    n += 3
+    if error >= 0 and not software:
+        state[FRAME + n] = error
+        n += 1
+    new_esp = push_frame(mem, state, esp, n)
+    if new_esp < 0:
+        return False, return_eip, flags
+    state[ESP] = new_esp
+    state[SS] = new_ss
+    state[CS] = (selector & 0xFFFC) | new_cpl
+    flags &= ~(FLAG_TF | NT_RF_VM)
+    if gate_type == GATE_INTERRUPT:
+        flags &= ~FLAG_IF
+    return True, offset, flags
+
+
+@jit(types.Tuple((b1, i64, i64))(Mem, State, i64))
+def iret(mem, state, flags):
+    """IRET: pop EIP, CS, EFLAGS (and ESP, SS to an outer ring) -> (ok, EIP, EFLAGS)."""
+    cpl = state[CS] & 3
+    esp = state[ESP]
+    i = host_index_slow(mem, state, esp, 12, False, cpl == 3)
+    if i < 0:
+        return False, 0, flags
+    new_eip = load(mem, i, 4)
+    new_cs = load(mem, i + 4, 4) & 0xFFFF
+    new_flags = load(mem, i + 8, 4)
+    rpl = new_cs & 3
+    if rpl < cpl:
+        fail(state, VECTOR_GP, new_cs & 0xFFFC)
+        return False, 0, flags
+    dpl = code_segment_dpl(mem, state, new_cs, new_cs & 0xFFFC)
+    if dpl < 0:
+        return False, 0, flags
+    if dpl != rpl:
+        fail(state, VECTOR_GP, new_cs & 0xFFFC)
+        return False, 0, flags
+    new_esp = (esp + 12) & MASK32
+    new_ss = state[SS]
+    if rpl > cpl:  # back to an outer ring: its stack comes off this one
+        j = host_index_slow(mem, state, new_esp, 8, False, cpl == 3)
+        if j < 0:
+            return False, 0, flags
+        new_esp = load(mem, j, 4)
+        new_ss = load(mem, j + 4, 4) & 0xFFFF
+    writable = IRET_WRITABLE
+    if cpl == 0:
+        writable |= FLAG_IOPL
+    if cpl <= (flags & FLAG_IOPL) >> 12:
+        writable |= FLAG_IF
+    state[ESP] = new_esp
+    state[SS] = new_ss
+    state[CS] = new_cs
+    return True, new_eip, (flags & ~writable) | (new_flags & writable) | 2
+
+
+@jit(b1(Mem, State, i64))
+def load_task_register(mem, state, selector):
+    """LTR: load TR from an available TSS descriptor and mark it busy; False on a fault."""
+    low, high = descriptor(mem, state, selector)
+    if high < 0:
+        return False
+    if (high >> 8) & 0x1F != TSS_AVAILABLE:
+        fail(state, VECTOR_GP, selector & 0xFFFC)
+        return False
+    high_at = (state[GDTR_BASE] + (selector & 0xFFF8) + 4) & MASK32
+    i = host_index_slow(mem, state, high_at, 4, True, False)
+    if i < 0:
+        return False
+    store(mem, i, 4, (high & ~0x1F00) | (TSS_BUSY << 8))
+    state[TR] = selector & 0xFFFF
+    state[TSS_BASE] = descriptor_base(low, high)
+    return True
+
+
+@jit(b1(Mem, State, i64, b1))
+def check_data_selector(mem, state, selector, is_stack):
+    """May selector be loaded into a data segment register (SS when is_stack)? Records #GP."""
+    error = selector & 0xFFFC
+    cpl = state[CS] & 3
+    if error == 0:  # the null selector: fine for DS ES FS GS, never for SS
+        if is_stack:
+            fail(state, VECTOR_GP, 0)
+            return False
+        return True
+    _, high = descriptor(mem, state, selector)
+    if high < 0:
+        return False
+    access = (high >> 8) & 0xFF
+    dpl = (access >> 5) & 3
+    if is_stack:
+        ok = access & 0x1A == 0x12 and selector & 3 == cpl and dpl == cpl  # writable data
+    else:
+        readable = access & 0x18 == 0x10 or access & 0x1A == 0x1A  # data, or readable code
+        ok = readable and dpl >= max(cpl, selector & 3)
+    if not ok:
+        fail(state, VECTOR_GP, error)
+        return False
+    if not access & 0x80:
+        fail(state, VECTOR_SS if is_stack else VECTOR_NP, error)
+        return False
+    return True
+
+
+SYSTEM_OK = 0
+SYSTEM_FAULT = 1
+SYSTEM_NEW_TRANSLATIONS = 2  # CR0, CR3 or INVLPG changed what addresses mean
+SYSTEM_SHADOW = 3  # MOV SS: the next instruction runs before any interrupt
+SYSTEM_EXIT_CPUID = 4
+
+# Segment registers in ModRM.reg order (ES CS SS DS FS GS): their state slots.
+SREG_SLOTS = (ES, CS, SS, DS, FS, GS)
+# Control registers CR0..CR7 (only 0, 2, 3, 4 exist): their state slots, -1 for none.
+CR_SLOTS = (CR0, -1, CR2, CR3, CR4, -1, -1, -1)
+# CPUID leaf 0 vendor string "vmlabvmlab86" in EBX, EDX, ECX order.
+CPUID_VENDOR = (0x616C6D76, 0x6C6D7662, 0x36386261)
+
+
+@jit(i64(State, i64, i64))
+def fail_status(state, vector, error):
+    """Record an exception; SYSTEM_FAULT."""
+    fail(state, vector, error)
+    return SYSTEM_FAULT
+
+
+@jit(b1(Mem, State, i64, i64, i64, i64, b1))
+def store_word_or_dword(mem, state, mod, rm, ea, value, user):
+    """SMSW/STR/SLDT/MOV r/m, Sreg: a dword to a register, a word to memory; True on a fault."""
+    if mod == 3:
+        state[rm] = value & MASK32
+        return False
+    i = host_index_slow(mem, state, ea, 2, True, user)
+    if i < 0:
+        return True
+    store(mem, i, 2, value)
+    return False
+
+
+@jit(i64(Mem, State, i64, i64, i64, i64, i64, i64, b1))
+def system_instruction(mem, state, op, mod, reg, rm, ea, src, user):
+    """The instructions that manage the machine rather than compute -> SYSTEM_*.
+
+    Privileged ones raise #GP(0) outside ring 0; the sensitive-but-unprivileged ones
+    (SGDT, SIDT, SLDT, STR, SMSW, MOV from CS, CPUID) run at any CPL and reveal the real
+    state, exactly as on x86: that is what breaks classic trap-and-emulate.
+    """
+    privileged = (state[CS] & 3) != 0
+    if op == 0x101:
+        if reg == 4:  # 0F 01 /4  SMSW r/m (reveals CR0)
+            if store_word_or_dword(mem, state, mod, rm, ea, state[CR0], user):
+                return SYSTEM_FAULT
+            return SYSTEM_OK
+        if mod == 3:  # 0F 01 C1  VMCALL: #UD outside a VM (as are the other 0F 01 /r forms)
+            return fail_status(state, VECTOR_UD, -1)
+        if reg <= 1:  # 0F 01 /0  SGDT m;  0F 01 /1  SIDT m  (reveal the table bases)
+            i = host_index_slow(mem, state, ea, 6, True, user)
+            if i < 0:
+                return SYSTEM_FAULT
+            store(mem, i, 2, state[GDTR_LIMIT] if reg == 0 else state[IDTR_LIMIT])
+            store(mem, i + 2, 4, state[GDTR_BASE] if reg == 0 else state[IDTR_BASE])
+            return SYSTEM_OK
+        if privileged:
+            return fail_status(state, VECTOR_GP, 0)
+        if reg <= 3:  # 0F 01 /2  LGDT m;  0F 01 /3  LIDT m  (6 bytes: limit, base)
+            i = host_index_slow(mem, state, ea, 6, False, user)
+            if i < 0:
+                return SYSTEM_FAULT
+            limit_slot = GDTR_LIMIT if reg == 2 else IDTR_LIMIT
+            base_slot = GDTR_BASE if reg == 2 else IDTR_BASE
+            state[limit_slot] = load(mem, i, 2)
+            state[base_slot] = load(mem, i + 2, 4)
+            return SYSTEM_OK
+        invalidate_page(state, ea)  # 0F 01 /7  INVLPG m
+        return SYSTEM_NEW_TRANSLATIONS
+    if op == 0x100:
+        if reg <= 1:  # 0F 00 /0  SLDT r/m;  0F 00 /1  STR r/m  (there is never an LDT)
+            value = 0 if reg == 0 else state[TR]
+            if store_word_or_dword(mem, state, mod, rm, ea, value, user):
+                return SYSTEM_FAULT
+            return SYSTEM_OK
+        if privileged:
+            return fail_status(state, VECTOR_GP, 0)
+        if not load_task_register(mem, state, src):  # 0F 00 /3  LTR r/m16
+            return SYSTEM_FAULT
+        return SYSTEM_OK
+    if op == 0x120 or op == 0x122:  # 0F 20 /r  MOV r32, CRn;  0F 22 /r  MOV CRn, r32
+        cr = CR_SLOTS[reg]
+        if cr < 0:
+            return fail_status(state, VECTOR_UD, -1)
+        if privileged:
+            return fail_status(state, VECTOR_GP, 0)
+        if op == 0x120:
+            state[rm] = state[cr]
+            return SYSTEM_OK
+        value = state[rm]
+        if cr == CR0:
+            value |= CR0_PE  # protected mode cannot be left (see README, Differences)
+        state[cr] = value
+        if cr == CR0 or cr == CR3:  # new translations: forget the old ones
+            flush_tlb(state)
+            return SYSTEM_NEW_TRANSLATIONS
+        return SYSTEM_OK
+    if op == 0x8C:  # 8C /r  MOV r/m, Sreg  (MOV r/m, CS reveals the CPL)
+        if reg > 5:
+            return fail_status(state, VECTOR_UD, -1)
+        if store_word_or_dword(mem, state, mod, rm, ea, state[SREG_SLOTS[reg]], user):
+            return SYSTEM_FAULT
+        return SYSTEM_OK
+    if op == 0x8E:  # 8E /r  MOV Sreg, r/m16  (not CS)
+        if reg == 1 or reg > 5:
+            return fail_status(state, VECTOR_UD, -1)
+        if not check_data_selector(mem, state, src, reg == 2):
+            return SYSTEM_FAULT
+        state[SREG_SLOTS[reg]] = src
+        return SYSTEM_SHADOW if reg == 2 else SYSTEM_OK
+    # 0F A2  CPUID
+    if state[EXIT_CONTROLS] & EXIT_ON_CPUID:
+        return SYSTEM_EXIT_CPUID
+    if state[EAX] == 0:  # leaf 0: the highest leaf, and the vendor string
+        state[EAX] = 1
+        state[EBX] = CPUID_VENDOR[0]
+        state[EDX] = CPUID_VENDOR[1]
+        state[ECX] = CPUID_VENDOR[2]
+    else:  # leaf 1: family 3 (an i386), no feature bits
+        state[EAX] = 0x300
+        state[EBX] = 0
+        state[ECX] = 0
+        state[EDX] = 0
+    return SYSTEM_OK

@@ -1,0 +1,864 @@
+; toyos: a small protected-mode kernel for vmlab.
+;
+; Boots at ring 0 with paging off, builds its GDT, IDT, TSS and page tables, then runs
+; up to 8 user processes at ring 3, each in its own address space, preempting them
+; round robin on the timer (IRQ 0) and serving system calls through INT 0x80.
+;
+; Memory (physical = kernel virtual: the first 4 MiB are mapped 1:1, supervisor only):
+;   0x00ff0  boot arguments, written by the loader (see BOOT_*)
+;   0x01000  this kernel
+;   0x09000  the boot stack (the idle loop's)
+;   0x80000  the user image (vm/guest/user.asm), mapped read-only at 0x400000 in every
+;            process
+;   0x100000 and up: page frames for page tables, kernel stacks and user pages
+; User space: 0x400000 the user image, 0x401000.. pages from map(), 0x7ff000 the stack.
+;
+; System calls: EAX = number, arguments in EBX, ECX; the result comes back in EAX.
+;   0 exit(code)   1 write(buffer, length)   2 getpid()   3 yield()   4 sleep(ticks)
+;   5 spawn(program, argument) -> pid   6 wait(pid) -> exit code
+;   7 map(address) -> 0 or -1   8 unmap(address) -> 0 or -1
+;
+; Built in variants like Linux's pv_ops: %ifdef PARAVIRT and %ifdef CONTAINERS (later).
+
+bits 32
+org 0x1000
+
+; ---- constants ------------------------------------------------------------------------
+BOOT_WORKLOAD   equ 0x0ff0          ; program number init spawns
+BOOT_USER_SIZE  equ 0x0ff4          ; bytes in the user image
+BOOT_MEMORY     equ 0x0ff8          ; bytes of physical memory
+BOOT_TIMER      equ 0x0ffc          ; timer divisor (cycles between ticks)
+BOOT_STACK      equ 0x9000
+USER_IMAGE      equ 0x80000
+FIRST_FRAME     equ 0x100000
+USER_BASE       equ 0x400000
+USER_END        equ 0x800000
+USER_STACK_PAGE equ 0x7ff000
+
+KERNEL_CODE     equ 0x08
+KERNEL_DATA     equ 0x10
+USER_CODE       equ 0x1b
+USER_DATA       equ 0x23
+TSS_SELECTOR    equ 0x28
+
+PTE_PRESENT     equ 1
+PTE_WRITE       equ 2
+PTE_USER        equ 4
+
+CONSOLE_PORT    equ 0xe9
+EXIT_PORT       equ 0xf4                ; writing here ends the machine (status in AL)
+PIC_COMMAND     equ 0x20
+PIC_DATA        equ 0x21
+PIT_COMMAND     equ 0x43
+PIT_CHANNEL0    equ 0x40
+
+MAX_PROCS       equ 8
+; process table entry
+P_STATE         equ 0
+P_PID           equ 4
+P_ESP           equ 8                   ; saved kernel stack pointer
+P_CR3           equ 12                  ; page directory
+P_KSTACK        equ 16                  ; top of its kernel stack
+P_WAKE          equ 20                  ; tick to wake at (SLEEPING) / pid waited for
+P_EXIT          equ 24                  ; exit code (ZOMBIE)
+P_PARENT        equ 28
+P_SIZE          equ 32
+; process states
+FREE            equ 0
+READY           equ 1
+SLEEPING        equ 2
+WAITING         equ 3
+ZOMBIE          equ 4
+
+; interrupt frame, from EBP after pushad in isr_common
+F_EDI           equ 0
+F_ESI           equ 4
+F_EBP           equ 8
+F_EBX           equ 16
+F_EDX           equ 20
+F_ECX           equ 24
+F_EAX           equ 28
+F_VECTOR        equ 32
+F_ERROR         equ 36
+F_EIP           equ 40
+F_CS            equ 44
+F_EFLAGS        equ 48
+F_ESP           equ 52
+F_SS            equ 56
+FRAME_SIZE      equ 60
+
+; ---- boot -----------------------------------------------------------------------------
+start:
+    mov esp, BOOT_STACK
+    lgdt [gdt_pointer]
+    mov eax, KERNEL_DATA
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    call build_idt
+    call build_tss
+    mov eax, TSS_SELECTOR
+    ltr ax
+    call build_kernel_paging
+    ; the interrupt controller: IRQ 0 (timer) only
+    mov al, 0xfe
+    out PIC_DATA, al
+    ; the timer: mode 2, divisor from the boot arguments
+    mov al, 0x34
+    out PIT_COMMAND, al
+    mov eax, [BOOT_TIMER]
+    out PIT_CHANNEL0, al
+    mov al, ah
+    out PIT_CHANNEL0, al
+    mov esi, msg_boot
+    call kputs
+    ; the first process: init (program 0), told which workload to start
+    xor ebx, ebx
+    mov ecx, [BOOT_WORKLOAD]
+    xor edx, edx
+    call create_process
+    cmp eax, 0
+    jl panic_no_memory
+    ; become the idle loop (slot 0): the first timer tick schedules init
+    mov dword [current], procs
+    mov dword [procs+P_CR3], kernel_page_directory
+    mov dword [procs+P_KSTACK], BOOT_STACK
+idle:
+    sti
+    hlt
+    jmp idle
+
+panic_no_memory:
+    mov esi, msg_no_memory
+    jmp panic_message
+
+; ---- descriptor tables -------------------------------------------------------------------
+build_idt:
+    ; exceptions 0..19 have their own stubs; IRQ 0 is vector 32; system calls INT 0x80
+    xor ecx, ecx
+.next:
+    mov eax, isr_spurious
+    cmp ecx, 20
+    jae .not_exception
+    mov eax, [isr_table + ecx*4]
+.not_exception:
+    cmp ecx, 32
+    jne .not_timer
+    mov eax, isr_timer
+.not_timer:
+    cmp ecx, 0x80
+    jne .not_syscall
+    mov eax, isr_syscall
+.not_syscall:
+    lea edi, [idt + ecx*8]
+    mov edx, eax
+    and edx, 0xffff
+    or edx, KERNEL_CODE << 16
+    mov [edi], edx
+    and eax, 0xffff0000
+    or eax, 0x8e00                  ; present, DPL 0, 32-bit interrupt gate
+    cmp ecx, 0x80
+    jne .store
+    or eax, 0x6000                  ; INT 0x80 may be used from ring 3
+.store:
+    mov [edi+4], eax
+    inc ecx
+    cmp ecx, 0x81
+    jne .next
+    lidt [idt_pointer]
+    ret
+
+build_tss:
+    mov dword [tss+8], KERNEL_DATA   ; SS0
+    mov eax, tss
+    mov [gdt_tss+2], al              ; base 7..0
+    mov [gdt_tss+3], ah              ; base 15..8
+    shr eax, 16
+    mov [gdt_tss+4], al              ; base 23..16
+    mov [gdt_tss+7], ah              ; base 31..24
+    ret
+
+build_kernel_paging:
+    ; one page table maps the first 4 MiB 1:1, supervisor only
+    mov ecx, 1024
+    xor eax, eax
+    mov edi, kernel_page_table
+.map:
+    mov edx, eax
+    or edx, PTE_PRESENT | PTE_WRITE
+    mov [edi], edx
+    add edi, 4
+    add eax, 0x1000
+    loop .map
+    mov eax, kernel_page_table
+    or eax, PTE_PRESENT | PTE_WRITE
+    mov [kernel_page_directory], eax
+    mov eax, kernel_page_directory
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80010000              ; PG and WP
+    mov cr0, eax
+    ; the frame allocator starts after the kernel's own memory
+    mov dword [next_frame], FIRST_FRAME
+    ret
+
+; ---- interrupt entry -------------------------------------------------------------------
+; Each stub pushes a dummy error code where the CPU pushes none, then its vector.
+%macro stub 1
+isr%1:
+    push 0
+    push %1
+    jmp isr_common
+%endmacro
+%macro stub_with_error 1
+isr%1:
+    push %1
+    jmp isr_common
+%endmacro
+
+    stub 0
+    stub 1
+    stub 2
+    stub 3
+    stub 4
+    stub 5
+    stub 6
+    stub 7
+    stub_with_error 8
+    stub 9
+    stub_with_error 10
+    stub_with_error 11
+    stub_with_error 12
+    stub_with_error 13
+    stub_with_error 14
+    stub 15
+    stub 16
+    stub_with_error 17
+    stub 18
+    stub 19
+isr_timer:
+    push 0
+    push 32
+    jmp isr_common
+isr_syscall:
+    push 0
+    push 0x80
+    jmp isr_common
+isr_spurious:
+    push 0
+    push 255
+    jmp isr_common
+
+isr_table:
+    dd isr0, isr1, isr2, isr3, isr4, isr5, isr6, isr7, isr8, isr9
+    dd isr10, isr11, isr12, isr13, isr14, isr15, isr16, isr17, isr18, isr19
+
+isr_common:
+    pushad
+    mov ebp, esp
+    mov eax, [ebp+F_VECTOR]
+    cmp eax, 0x80
+    je syscall
+    cmp eax, 32
+    je timer_interrupt
+    jb exception
+    jmp return_to_process           ; a spurious interrupt
+
+exception:
+    test dword [ebp+F_CS], 3
+    jz kernel_panic
+    ; a user fault kills the process that made it
+    mov esi, msg_killed_1
+    call kputs
+    mov ebx, [current]
+    mov eax, [ebx+P_PID]
+    call kputdec
+    mov esi, msg_killed_2
+    call kputs
+    mov eax, [ebp+F_VECTOR]
+    call kputdec
+    mov esi, msg_killed_3
+    call kputs
+    mov eax, [ebp+F_EIP]
+    call kputhex
+    mov al, 10
+    call kputc
+    mov eax, -1
+    jmp exit_current
+
+timer_interrupt:
+    inc dword [ticks]
+    mov al, 0x20                    ; end of interrupt
+    out PIC_COMMAND, al
+    call wake_sleepers
+    call schedule                   ; preempt: round robin
+    jmp return_to_process
+
+return_to_process:
+    popad
+    add esp, 8                      ; vector and error code
+    iret
+
+; ---- the scheduler ---------------------------------------------------------------------
+; schedule: save the current process's kernel stack, pick the next READY process after it
+; (round robin), switch to its stack and address space. Returns on the new stack.
+schedule:
+    pushfd                          ; like Linux's spin_lock_irqsave
+    cli
+    mov ebx, [current]
+    mov [ebx+P_ESP], esp
+    mov ecx, MAX_PROCS
+    mov edx, ebx
+.find:
+    add edx, P_SIZE
+    cmp edx, procs + P_SIZE * MAX_PROCS
+    jb .check
+    mov edx, procs + P_SIZE         ; slot 0 is the idle loop: skip it
+.check:
+    cmp dword [edx+P_STATE], READY
+    je .switch
+    loop .find
+    ; nothing is ready: the current one goes on if it can, else idle
+    cmp dword [ebx+P_STATE], READY
+    je .done
+    mov edx, procs
+.switch:
+    mov [current], edx
+    mov eax, [edx+P_KSTACK]
+    mov [tss+4], eax                ; ESP0 for the next entry from ring 3
+    mov eax, [edx+P_CR3]
+    mov cr3, eax
+    mov esp, [edx+P_ESP]
+.done:
+    popfd                           ; like spin_unlock_irqrestore
+    ret
+
+wake_sleepers:
+    mov edx, procs + P_SIZE
+.next:
+    cmp dword [edx+P_STATE], SLEEPING
+    jne .skip
+    mov eax, [ticks]
+    cmp eax, [edx+P_WAKE]
+    jb .skip
+    mov dword [edx+P_STATE], READY
+.skip:
+    add edx, P_SIZE
+    cmp edx, procs + P_SIZE * MAX_PROCS
+    jb .next
+    ret
+
+; ---- system calls ----------------------------------------------------------------------
+syscall:
+    mov eax, [ebp+F_EAX]
+    cmp eax, 8
+    ja .bad
+    jmp [syscall_table + eax*4]
+.bad:
+    mov dword [ebp+F_EAX], -1
+    jmp return_to_process
+
+syscall_table:
+    dd sys_exit, sys_write, sys_getpid, sys_yield, sys_sleep, sys_spawn, sys_wait
+    dd sys_map, sys_unmap
+
+sys_exit:
+    mov eax, [ebp+F_EBX]
+    jmp exit_current
+
+sys_write:
+    mov esi, [ebp+F_EBX]
+    mov ecx, [ebp+F_ECX]
+    ; the buffer must lie in user space
+    cmp esi, USER_BASE
+    jb .bad
+    lea eax, [esi+ecx]
+    cmp eax, USER_END
+    ja .bad
+    cmp eax, esi
+    jb .bad
+    mov [ebp+F_EAX], ecx
+    pushfd                          ; spin_lock_irqsave(&console_lock)
+    cli
+    test ecx, ecx
+    jz .done
+.out:
+    lodsb
+    out CONSOLE_PORT, al
+    loop .out
+.done:
+    popfd                           ; spin_unlock_irqrestore(&console_lock)
+    jmp return_to_process
+.bad:
+    mov dword [ebp+F_EAX], -1
+    jmp return_to_process
+
+sys_getpid:
+    mov ebx, [current]
+    mov eax, [ebx+P_PID]
+    mov [ebp+F_EAX], eax
+    jmp return_to_process
+
+sys_yield:
+    mov dword [ebp+F_EAX], 0
+    call schedule
+    jmp return_to_process
+
+sys_sleep:
+    mov ebx, [current]
+    mov eax, [ticks]
+    add eax, [ebp+F_EBX]
+    mov [ebx+P_WAKE], eax
+    mov dword [ebx+P_STATE], SLEEPING
+    mov dword [ebp+F_EAX], 0
+    call schedule
+    jmp return_to_process
+
+sys_spawn:
+    mov ebx, [ebp+F_EBX]            ; program
+    mov ecx, [ebp+F_ECX]            ; its argument
+    mov edx, [current]
+    call create_process
+    mov [ebp+F_EAX], eax
+    jmp return_to_process
+
+sys_wait:
+    mov eax, [ebp+F_EBX]
+    call find_process
+    test edx, edx
+    jz .none
+    mov ebx, [current]
+    cmp [edx+P_PARENT], ebx
+    jne .none
+    cmp dword [edx+P_STATE], ZOMBIE
+    je .reap
+    ; sleep until the child exits: exit_current fills in our EAX and wakes us
+    mov [ebx+P_WAKE], eax
+    mov dword [ebx+P_STATE], WAITING
+    call schedule
+    jmp return_to_process
+.reap:
+    mov eax, [edx+P_EXIT]
+    mov [ebp+F_EAX], eax
+    mov dword [edx+P_STATE], FREE
+    jmp return_to_process
+.none:
+    mov dword [ebp+F_EAX], -1
+    jmp return_to_process
+
+sys_map:
+    mov eax, [ebp+F_EBX]
+    call user_pte                   ; EDI = the PTE's address, or 0
+    test edi, edi
+    jz .bad
+    test dword [edi], PTE_PRESENT
+    jnz .bad
+    call alloc_frame
+    test eax, eax
+    jz .bad
+    or eax, PTE_PRESENT | PTE_WRITE | PTE_USER
+    mov [edi], eax
+    mov dword [ebp+F_EAX], 0
+    jmp return_to_process
+.bad:
+    mov dword [ebp+F_EAX], -1
+    jmp return_to_process
+
+sys_unmap:
+    mov eax, [ebp+F_EBX]
+    call user_pte
+    test edi, edi
+    jz .bad
+    mov eax, [edi]
+    test eax, PTE_PRESENT
+    jz .bad
+    mov dword [edi], 0
+    mov ebx, [ebp+F_EBX]
+    invlpg [ebx]
+    and eax, 0xfffff000
+    call free_frame
+    mov dword [ebp+F_EAX], 0
+    jmp return_to_process
+.bad:
+    mov dword [ebp+F_EAX], -1
+    jmp return_to_process
+
+; user_pte: EAX = a page-aligned user address above the image, below the stack ->
+; EDI = the address of its PTE in the current process's page table, or 0.
+user_pte:
+    xor edi, edi
+    test eax, 0xfff
+    jnz .done
+    cmp eax, USER_BASE + 0x1000 * 4
+    jb .done
+    cmp eax, USER_STACK_PAGE
+    jae .done
+    mov ebx, [current]
+    mov edi, [ebx+P_CR3]
+    mov edi, [edi+4]                ; the page table of 0x400000..0x7fffff
+    and edi, 0xfffff000
+    sub eax, USER_BASE
+    shr eax, 10                     ; (address >> 12) * 4
+    add edi, eax
+.done:
+    ret
+
+; ---- processes -------------------------------------------------------------------------
+; create_process: EBX = program, ECX = argument, EDX = parent -> EAX = pid, or -1.
+create_process:
+    push ebx
+    push ecx
+    push edx
+    ; a free slot (slot 0 is the idle loop)
+    mov esi, procs + P_SIZE
+.find:
+    cmp dword [esi+P_STATE], FREE
+    je .found
+    add esi, P_SIZE
+    cmp esi, procs + P_SIZE * MAX_PROCS
+    jb .find
+    jmp .fail
+.found:
+    ; page directory: the kernel's table, and a user table
+    call alloc_frame
+    test eax, eax
+    jz .fail
+    mov [esi+P_CR3], eax
+    mov edi, eax
+    mov eax, [kernel_page_directory]
+    mov [edi], eax
+    call alloc_frame
+    test eax, eax
+    jz .fail
+    mov ebx, eax                    ; the user page table
+    or eax, PTE_PRESENT | PTE_WRITE | PTE_USER
+    mov [edi+4], eax
+    ; the user image, read-only, shared by every process
+    mov ecx, [BOOT_USER_SIZE]
+    add ecx, 0xfff
+    shr ecx, 12
+    mov eax, USER_IMAGE | PTE_PRESENT | PTE_USER
+    mov edx, ebx
+.image:
+    mov [edx], eax
+    add eax, 0x1000
+    add edx, 4
+    loop .image
+    ; a stack page
+    call alloc_frame
+    test eax, eax
+    jz .fail
+    or eax, PTE_PRESENT | PTE_WRITE | PTE_USER
+    mov [ebx + 4 * 1023], eax
+    ; a kernel stack, with the frame that its first return to user mode pops
+    call alloc_frame
+    test eax, eax
+    jz .fail
+    add eax, 0x1000
+    mov [esi+P_KSTACK], eax
+    lea edi, [eax - FRAME_SIZE - 8]  ; (8: schedule's saved EFLAGS and return address)
+    mov [esi+P_ESP], edi
+    mov dword [edi], 0x202          ; EFLAGS popped by schedule's popfd
+    mov dword [edi+4], return_to_process
+    add edi, 8
+    push edi
+    mov ecx, FRAME_SIZE / 4
+    xor eax, eax
+    rep stosd
+    pop edi
+    mov ebx, [esp+8]                ; program
+    mov eax, [USER_BASE_PHYS_TABLE + ebx*4]
+    mov [edi+F_EIP], eax
+    mov eax, [esp+4]                ; argument, in EBX
+    mov [edi+F_EBX], eax
+    mov dword [edi+F_CS], USER_CODE
+    mov dword [edi+F_EFLAGS], 0x202
+    mov dword [edi+F_ESP], USER_END
+    mov dword [edi+F_SS], USER_DATA
+    ; fill in the slot
+    inc dword [last_pid]
+    mov eax, [last_pid]
+    mov [esi+P_PID], eax
+    mov edx, [esp]
+    mov [esi+P_PARENT], edx
+    mov dword [esi+P_STATE], READY
+    add esp, 12
+    ret
+.fail:
+    add esp, 12
+    mov eax, -1
+    ret
+
+; The entry points of the user programs: the user image starts with their table.
+USER_BASE_PHYS_TABLE equ USER_IMAGE
+
+; exit_current: EAX = exit code. Frees the address space, wakes a waiting parent, and
+; schedules another process. Never returns.
+exit_current:
+    mov ebx, [current]
+    mov [ebx+P_EXIT], eax
+    mov dword [ebx+P_STATE], ZOMBIE
+    call free_address_space
+    ; init's exit ends the machine
+    cmp dword [ebx+P_PID], 1
+    je shutdown
+    ; a parent waiting for this pid gets the code now
+    mov edx, [ebx+P_PARENT]
+    test edx, edx
+    jz .schedule
+    cmp dword [edx+P_STATE], WAITING
+    jne .schedule
+    mov ecx, [ebx+P_PID]
+    cmp [edx+P_WAKE], ecx
+    jne .schedule
+    mov edi, [edx+P_ESP]
+    mov eax, [ebx+P_EXIT]
+    mov [edi + 8 + F_EAX], eax      ; its saved frame (after schedule's EFLAGS, return)
+    mov dword [edx+P_STATE], READY
+    mov dword [ebx+P_STATE], FREE
+.schedule:
+    call schedule
+    jmp return_to_process
+
+free_address_space:
+    ; the user pages (not the shared image), the page table, the directory, and later
+    ; the kernel stack (it is in use until the switch: kept until the slot is reused)
+    push ebx
+    mov esi, [ebx+P_CR3]
+    mov edi, [esi+4]
+    and edi, 0xfffff000
+    mov ecx, [BOOT_USER_SIZE]
+    add ecx, 0xfff
+    shr ecx, 12
+.page:
+    cmp ecx, 1024
+    jae .table
+    mov eax, [edi + ecx*4]
+    test eax, PTE_PRESENT
+    jz .skip
+    and eax, 0xfffff000
+    push ecx
+    call free_frame
+    pop ecx
+.skip:
+    inc ecx
+    jmp .page
+.table:
+    mov eax, edi
+    call free_frame
+    ; switch to the kernel's own directory before freeing this one
+    mov eax, kernel_page_directory
+    mov cr3, eax
+    mov eax, esi
+    call free_frame
+    pop ebx
+    mov dword [ebx+P_CR3], kernel_page_directory
+    ; its kernel stack is in use until the switch: free the one the last exit left
+    mov eax, [dead_stack]
+    test eax, eax
+    jz .keep
+    call free_frame
+.keep:
+    mov eax, [ebx+P_KSTACK]
+    sub eax, 0x1000
+    mov [dead_stack], eax
+    ret
+
+; find_process: EAX = pid -> EDX = its slot, or 0.
+find_process:
+    mov edx, procs + P_SIZE
+.next:
+    cmp dword [edx+P_STATE], FREE
+    je .skip
+    cmp [edx+P_PID], eax
+    je .done
+.skip:
+    add edx, P_SIZE
+    cmp edx, procs + P_SIZE * MAX_PROCS
+    jb .next
+    xor edx, edx
+.done:
+    ret
+
+; ---- page frames -----------------------------------------------------------------------
+; alloc_frame -> EAX = a zeroed 4 KiB frame, or 0 when memory is full.
+alloc_frame:
+    push ecx
+    push edi
+    mov eax, [free_list]
+    test eax, eax
+    jz .bump
+    mov ecx, [eax]
+    mov [free_list], ecx
+    jmp .zero
+.bump:
+    mov eax, [next_frame]
+    lea ecx, [eax + 0x1000]
+    cmp ecx, [BOOT_MEMORY]
+    ja .full
+    mov [next_frame], ecx
+.zero:
+    mov edi, eax
+    push eax
+    mov ecx, 1024
+    xor eax, eax
+    rep stosd
+    pop eax
+    pop edi
+    pop ecx
+    ret
+.full:
+    xor eax, eax
+    pop edi
+    pop ecx
+    ret
+
+; free_frame: EAX = a frame to give back.
+free_frame:
+    mov ecx, [free_list]
+    mov [eax], ecx
+    mov [free_list], eax
+    ret
+
+; ---- the console and panics --------------------------------------------------------------
+kputc:
+    out CONSOLE_PORT, al
+    ret
+
+kputs:                              ; ESI = a zero-terminated string
+    lodsb
+    test al, al
+    jz .done
+    out CONSOLE_PORT, al
+    jmp kputs
+.done:
+    ret
+
+kputhex:                            ; EAX, as 8 hex digits
+    mov ecx, 8
+.digit:
+    rol eax, 4
+    mov edx, eax
+    and edx, 15
+    mov dl, [hex_digits + edx]
+    push eax
+    mov al, dl
+    out CONSOLE_PORT, al
+    pop eax
+    loop .digit
+    ret
+
+kputdec:                            ; EAX, unsigned, in decimal
+    mov ecx, 10
+    xor edx, edx
+    div ecx
+    test eax, eax
+    jz .last
+    push edx
+    call kputdec
+    pop edx
+.last:
+    mov al, dl
+    add al, '0'
+    out CONSOLE_PORT, al
+    ret
+
+kernel_panic:
+    mov esi, msg_panic
+    call kputs
+    mov eax, [ebp+F_VECTOR]
+    call kputdec
+    mov esi, msg_error
+    call kputs
+    mov eax, [ebp+F_ERROR]
+    call kputhex
+    mov esi, msg_eip
+    call kputs
+    mov eax, [ebp+F_EIP]
+    call kputhex
+    mov esi, msg_cr2
+    call kputs
+    mov eax, cr2
+    call kputhex
+    mov esi, msg_regs
+    call kputs
+    mov eax, [ebp+F_EAX]
+    call kputhex
+    mov al, ' '
+    call kputc
+    mov eax, [ebp+F_EBX]
+    call kputhex
+    mov al, ' '
+    call kputc
+    mov eax, [ebp+F_ECX]
+    call kputhex
+    mov al, ' '
+    call kputc
+    mov eax, [ebp+F_EDX]
+    call kputhex
+    mov al, 10
+    call kputc
+    mov al, 2
+    out EXIT_PORT, al
+    cli
+    hlt
+
+panic_message:
+    call kputs
+    mov al, 2
+    out EXIT_PORT, al
+    cli
+    hlt
+
+shutdown:
+    mov esi, msg_halt
+    call kputs
+    xor eax, eax
+    out EXIT_PORT, al
+    cli
+    hlt
+
+; ---- data ------------------------------------------------------------------------------
+gdt:
+    dd 0, 0
+    dd 0x0000ffff, 0x00cf9a00       ; 0x08 ring 0 code
+    dd 0x0000ffff, 0x00cf9200       ; 0x10 ring 0 data
+    dd 0x0000ffff, 0x00cffa00       ; 0x18 ring 3 code
+    dd 0x0000ffff, 0x00cff200       ; 0x20 ring 3 data
+gdt_tss:
+    dd 0x00000067, 0x00008900       ; 0x28 TSS (base filled in by build_tss)
+gdt_end:
+gdt_pointer:
+    dw gdt_end - gdt - 1
+    dd gdt
+idt_pointer:
+    dw 0x81 * 8 - 1
+    dd idt
+
+hex_digits:     db "0123456789abcdef"
+msg_boot:       db "toyos: booting", 10, 0
+msg_halt:       db "toyos: halt", 10, 0
+msg_no_memory:  db "PANIC: out of memory", 10, 0
+msg_panic:      db "PANIC: kernel exception ", 0
+msg_error:      db " error ", 0
+msg_eip:        db " at eip ", 0
+msg_cr2:        db " cr2 ", 0
+msg_regs:       db 10, "eax ebx ecx edx: ", 0
+msg_killed_1:   db "toyos: process ", 0
+msg_killed_2:   db " killed by exception ", 0
+msg_killed_3:   db " at eip ", 0
+
+ticks:          dd 0
+last_pid:       dd 0
+current:        dd 0
+next_frame:     dd 0
+free_list:      dd 0
+dead_stack:     dd 0
+procs:          times MAX_PROCS * P_SIZE db 0
+tss:            times 0x68 db 0
+
+    times (4096 - ($ - $$) % 4096) % 4096 db 0    ; page-align (org is page-aligned)
+kernel_page_directory: times 1024 dd 0
+kernel_page_table:     times 1024 dd 0
+idt:                   times 0x81 * 8 db 0
+kernel_end:

@@ -1,0 +1,145 @@
+"""Build toyos with vm.asm and boot it on a bare-metal Machine.
+
+>>> from vm.guest.toyos import ToyOS
+>>> result = ToyOS("compute").run()
+>>> result.status, result.console.splitlines()[1]
+('shutdown', 'compute: checksum 25c31543')
+"""
+
+from __future__ import annotations
+
+import functools
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vm.cpu import state as S
+from vm.cpu.cost import DEFAULT, CostModel
+from vm.cpu.exits import ExitReason
+from vm.devices.console import Console
+from vm.machine import Exit, Machine, vector_name
+
+GUEST_DIR = Path(__file__).resolve().parent
+KERNEL_SOURCE = GUEST_DIR / "toyos.asm"
+USER_SOURCE = GUEST_DIR / "user.asm"
+
+KERNEL_ADDRESS = 0x1000
+USER_IMAGE_ADDRESS = 0x80000
+BOOT_ARGS = 0x0FF0  # workload, user image size, memory size, timer divisor
+EXIT_PORT = 0xF4  # the kernel writes its exit status here (0 = clean shutdown)
+MAX_USER_IMAGE = 4 * 4096
+
+# spawn() numbers of the user programs (the table at the start of user.asm).
+PROGRAMS = {
+    "init": 0,
+    "compute": 1,
+    "syscalls": 2,
+    "spawn": 3,
+    "pagetable": 4,
+    "io": 5,
+    "child": 6,
+    "faulty": 7,
+    "sleeper": 8,
+    "all": 9,
+}
+WORKLOADS = ("compute", "syscalls", "spawn", "pagetable", "io", "faulty", "sleeper", "all")
+SYSCALL_VECTOR = 0x80
+
+
+@functools.cache
+def build(defines: tuple[str, ...] = ()) -> tuple[bytes, bytes]:
+    """The kernel and user images, assembled by vm.asm (cached per set of defines)."""
+    from vm.asm import assemble_file
+
+    names = {name: 1 for name in defines}
+    kernel = assemble_file(KERNEL_SOURCE, defines=names).code
+    user = assemble_file(USER_SOURCE, defines=names).code
+    if len(user) > MAX_USER_IMAGE:
+        raise ValueError(f"the user image is {len(user)} bytes; at most {MAX_USER_IMAGE} fit")
+    return kernel, user
+
+
+@dataclass
+class RunResult:
+    """What a toyos run did: how it ended, what it printed, and what it cost."""
+
+    status: str  # "shutdown", "panic", "budget", "fault" or "halt"
+    console: str
+    exit: Exit
+    exit_code: int = -1
+    stats: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "shutdown" and self.exit_code == 0
+
+
+class ToyOS:
+    """toyos on a bare-metal Machine: ring 0 kernel, devices in the core and in Python."""
+
+    def __init__(
+        self,
+        workload: str = "all",
+        memory_size: int = 4 << 20,
+        timer_divisor: int = 20000,
+        cost: CostModel = DEFAULT,
+        defines: tuple[str, ...] = (),
+    ) -> None:
+        if workload not in PROGRAMS:
+            raise ValueError(f"no workload {workload!r}; choose one of {', '.join(WORKLOADS)}")
+        if not 1000 <= timer_divisor <= 0xFFFF:
+            raise ValueError("timer_divisor must be from 1000 to 65535 cycles")
+        kernel, user = build(tuple(defines))
+        self.workload = workload
+        self.machine = m = Machine(memory_size=memory_size)
+        m.load(KERNEL_ADDRESS, kernel)
+        m.load(USER_IMAGE_ADDRESS, user)
+        boot = struct.pack("<IIII", PROGRAMS[workload], len(user), memory_size, timer_divisor)
+        m.load(BOOT_ARGS, boot)
+        m.eip = KERNEL_ADDRESS
+        m.state[S.EXC_EXIT_BITMAP] = 0  # bare metal: the guest's IDT takes every exception
+        m.state[S.EXIT_CONTROLS] = 0  # the PIC and PIT answer in the core
+        cost.apply(m.state)
+        self.cost = cost
+        self.console = Console()
+
+    def run(self, budget: int = 500_000_000) -> RunResult:
+        """Run until the kernel shuts down, panics, or budget instructions have run."""
+        m = self.machine
+        start = m.instructions
+        ex = m.last_exit()
+        while True:
+            left = budget - (m.instructions - start)
+            if left <= 0:
+                return self._result("budget", ex)
+            ex = m.run(budget=left)
+            if ex.reason == ExitReason.IO:
+                if ex.port == EXIT_PORT and not ex.is_in:
+                    status = "shutdown" if ex.value == 0 else "panic"
+                    return self._result(status, ex, exit_code=ex.value)
+                if ex.port in Console.PORTS and not ex.is_in:
+                    self.console.write(ex.value)
+                elif ex.is_in:
+                    m.complete_in(0xFF if ex.size == 1 else 0xFFFFFFFF)  # no device there
+                continue
+            if ex.reason == ExitReason.BUDGET:
+                continue
+            status = {ExitReason.HALT: "halt", ExitReason.SHUTDOWN: "fault"}.get(ex.reason, "fault")
+            return self._result(status, ex)
+
+    def _result(self, status: str, ex: Exit, exit_code: int = -1) -> RunResult:
+        return RunResult(status, self.console.text, ex, exit_code, self.stats())
+
+    def stats(self) -> dict[str, object]:
+        """Counters of the run so far: instructions, cycles, interrupts, faults by vector."""
+        st = self.machine.state
+        counts = {v: int(st[S.VECTOR_COUNTS + v]) for v in range(256) if st[S.VECTOR_COUNTS + v]}
+        return {
+            "instructions": int(st[S.INSTRUCTIONS]),
+            "cycles": int(st[S.CYCLES]),
+            "interrupts": int(st[S.STAT_INTERRUPTS]),
+            "syscalls": counts.get(SYSCALL_VECTOR, 0),
+            "faults": {vector_name(v): n for v, n in counts.items() if v < 32},
+            "page_walks": int(st[S.STAT_PAGE_WALKS]),
+            "tlb_flushes": int(st[S.STAT_TLB_FLUSHES]),
+        }
