@@ -70,7 +70,18 @@ def encodings(form: Form, rng: random.Random) -> list[bytes]:
     if form.modrm is None:
         return [head + rng.randbytes(imm) for head in heads]
     regs = range(8) if form.modrm == "r" else [int(form.modrm)]
-    register_ok = "m" not in form.operands  # LEA takes a memory operand only
+    if "sreg" in form.operands:  # ES CS SS DS FS GS, and CS cannot be loaded
+        regs = [0, 2, 3, 4, 5] if form.operands[0] == "sreg" else range(6)
+    if "cr" in form.operands:  # CR0 CR2 CR3 CR4
+        regs = [0, 2, 3, 4]
+    register_ok = "m" not in form.operands  # LEA, LGDT... take a memory operand only
+    if "r32rm" in form.operands:  # MOV to and from CRn: the operand is always a register
+        return [
+            head + bytes([0xC0 | reg << 3 | rm])
+            for head in heads
+            for reg in regs
+            for rm in range(8)
+        ]
     out = []
     for head in heads:
         for reg in regs:
