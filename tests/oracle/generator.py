@@ -1271,16 +1271,23 @@ class Generator:
         step = -size if st.df else size
         span = n * size
 
-        def pointer(write: bool) -> int:
+        def pointer() -> int:
             lo = DATA + rng.randrange(DATA_SIZE - span + 1)
             return lo + (span - size if st.df else 0)
 
         if uses_esi:
-            esi = pointer(False)
+            esi = pointer()
             self.write(ESI, esi)
             self.emit(f"mov esi, {esi:#x}")
         if uses_edi:
-            edi = pointer(op in ("movs", "stos"))
+            edi = pointer()
+            if uses_esi and rng.random() < 0.4:
+                # Overlapping or equal source and destination: MOVS copies element by
+                # element, so an overlap repeats a pattern; CMPS of a range with itself.
+                edi = esi + rng.randint(-3, 3) * rng.choice((1, size))
+                low = edi - (span - size if st.df else 0)
+                if not (low >= DATA and low + span <= DATA + DATA_SIZE):
+                    edi = esi
             self.write(EDI, edi)
             self.emit(f"mov edi, {edi:#x}")
         if rep:
