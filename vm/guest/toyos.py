@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vm.asm import Program, assemble_file
 from vm.cpu import state as S
 from vm.cpu.cost import DEFAULT, CostModel
 from vm.cpu.exits import ExitReason
@@ -47,15 +48,13 @@ SYSCALL_VECTOR = 0x80
 
 
 @functools.cache
-def build(defines: tuple[str, ...] = ()) -> tuple[bytes, bytes]:
-    """The kernel and user images, assembled by vm.asm (cached per set of defines)."""
-    from vm.asm import assemble_file
-
+def build(defines: tuple[str, ...] = ()) -> tuple[Program, Program]:
+    """The kernel and user programs, assembled by vm.asm (cached per set of defines)."""
     names = {name: 1 for name in defines}
-    kernel = assemble_file(KERNEL_SOURCE, defines=names).code
-    user = assemble_file(USER_SOURCE, defines=names).code
-    if len(user) > MAX_USER_IMAGE:
-        raise ValueError(f"the user image is {len(user)} bytes; at most {MAX_USER_IMAGE} fit")
+    kernel = assemble_file(KERNEL_SOURCE, defines=names)
+    user = assemble_file(USER_SOURCE, defines=names)
+    if len(user.code) > MAX_USER_IMAGE:
+        raise ValueError(f"the user image is {len(user.code)} bytes; {MAX_USER_IMAGE} fit")
     return kernel, user
 
 
@@ -89,12 +88,13 @@ class ToyOS:
             raise ValueError(f"no workload {workload!r}; choose one of {', '.join(WORKLOADS)}")
         if not 1000 <= timer_divisor <= 0xFFFF:
             raise ValueError("timer_divisor must be from 1000 to 65535 cycles")
-        kernel, user = build(tuple(defines))
+        self.kernel, self.user = build(tuple(defines))
         self.workload = workload
         self.machine = m = Machine(memory_size=memory_size)
-        m.load(KERNEL_ADDRESS, kernel)
-        m.load(USER_IMAGE_ADDRESS, user)
-        boot = struct.pack("<IIII", PROGRAMS[workload], len(user), memory_size, timer_divisor)
+        m.load(KERNEL_ADDRESS, self.kernel.code)
+        m.load(USER_IMAGE_ADDRESS, self.user.code)
+        size = len(self.user.code)
+        boot = struct.pack("<IIII", PROGRAMS[workload], size, memory_size, timer_divisor)
         m.load(BOOT_ARGS, boot)
         m.eip = KERNEL_ADDRESS
         m.state[S.EXC_EXIT_BITMAP] = 0  # bare metal: the guest's IDT takes every exception

@@ -1,0 +1,89 @@
+"""toyos on bare metal: it boots, runs every workload, survives faulty processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from vm.cpu.exits import ExitReason
+from vm.guest.toyos import WORKLOADS, ToyOS
+
+EXPECTED = {
+    "compute": "compute: checksum 25c31543",
+    "syscalls": "syscalls: 2000 getpid calls",
+    "spawn": "spawn: 20 children, exit codes sum to 210",
+    "pagetable": "pagetable: 50 map/unmap rounds, sum 00038e28",
+    "io": "io: line 40",
+    "faulty": "toyos: process 2 killed by exception 14 at eip",
+    "sleeper": "sleeper: slept and yielded",
+}
+
+
+@pytest.mark.parametrize("workload", sorted(EXPECTED))
+def test_each_workload_prints_its_result_and_shuts_down(workload):
+    result = ToyOS(workload).run()
+    assert result.ok, result.console
+    lines = result.console.splitlines()
+    assert lines[0] == "toyos: booting"
+    assert any(line.startswith(EXPECTED[workload]) for line in lines), result.console
+    code = 4294967295 if workload == "faulty" else 0  # a killed process exits with -1
+    assert lines[-2:] == [f"init: workload exited with {code}", "toyos: halt"]
+    assert result.stats["interrupts"] > 0  # the timer preempted someone
+
+
+def test_a_faulting_process_does_not_take_the_others_down():
+    result = ToyOS("all").run()
+    assert result.ok
+    for line in EXPECTED.values():
+        if not line.startswith("toyos: process"):
+            assert line in result.console
+    assert "killed by exception 14" in result.console
+    assert result.stats["faults"] == {"#PF": 1}
+    assert result.stats["syscalls"] > 2000
+
+
+def test_two_runs_give_the_same_console_stats_and_trace():
+    def trace(n: int) -> list[int]:
+        t = ToyOS("spawn")
+        addresses = []
+        for _ in range(n):
+            ex = t.machine.step()
+            if ex.reason == ExitReason.IO and ex.is_in:
+                t.machine.complete_in(0)
+            addresses.append(t.machine.eip)
+        return addresses
+
+    assert trace(3000) == trace(3000)
+    first, second = ToyOS("all").run(), ToyOS("all").run()
+    assert (first.console, first.stats) == (second.console, second.stats)
+
+
+def test_boot_reaches_the_first_user_process_in_under_200000_instructions():
+    t = ToyOS("compute")
+    m = t.machine
+    m.add_breakpoint(t.user.symbols["init"])
+    for _ in range(10_000):
+        ex = m.run(budget=1_000_000)
+        if ex.reason != ExitReason.IO:
+            break
+    assert ex.reason == ExitReason.BREAKPOINT and m.cpl == 3
+    assert m.instructions < 200_000
+
+
+def test_a_kernel_fault_panics_with_the_registers():
+    t = ToyOS("syscalls")
+    t.machine.load(t.kernel.symbols["sys_getpid"], b"\x0f\x0b")  # ud2 in the kernel
+    result = t.run()
+    assert result.status == "panic" and result.exit_code == 2
+    assert "PANIC: kernel exception 6" in result.console
+    assert "eax ebx ecx edx:" in result.console
+
+
+def test_a_budget_overrun_is_reported():
+    result = ToyOS("compute").run(budget=10_000)
+    assert result.status == "budget" and not result.ok
+
+
+def test_unknown_workload_is_a_clear_error():
+    with pytest.raises(ValueError, match="no workload 'nope'"):
+        ToyOS("nope")
+    assert "compute" in WORKLOADS
