@@ -322,3 +322,42 @@ def test_ring1_kernel_interrupted_from_ring3_lands_on_the_ring1_stack():
     m.run(budget=1)
     assert m.cpl == 1 and m.regs.esp == RING1_STACK - 20
     assert m.state[S.CS] == RING1_CODE
+
+
+def test_exit_controls_for_cr_access_cpuid_and_hlt():
+    m = protected_machine()
+    m.state[S.EXIT_CONTROLS] = S.EXIT_ON_CR_ACCESS | S.EXIT_ON_CPUID | S.EXIT_ON_HLT
+    # mov eax, 0x1234 ; mov cr3, eax ; mov ebx, cr0 ; cpuid ; hlt
+    m.load(CODE, bytes.fromhex("b8 34 12 00 00 0f 22 d8 0f 20 c3 0f a2 f4"))
+    enter_ring(m, 0, CODE, 0x8000)
+    ex = m.run()
+    assert ex.reason == ExitReason.CR_ACCESS and not ex.is_in
+    assert (ex.control_register, ex.register, ex.value) == (3, 0, 0x1234)
+    assert m.state[S.CR3] == 0 and ex.eip == CODE + 8  # not done: the VMM emulates it
+    ex = m.run()
+    assert (ex.reason, ex.is_in, ex.control_register, ex.register) == (
+        ExitReason.CR_ACCESS,
+        True,
+        0,
+        3,
+    )
+    assert "mov ebx, cr0" in str(ex)
+    assert m.run().reason == ExitReason.CPUID
+    assert m.run().reason == ExitReason.HALT
+
+
+def test_cost_model_prices_events():
+    from vm.cpu.cost import preset
+
+    m = protected_machine()
+    model = preset("haswell")
+    model.apply(m.state)
+    set_gate(m, 6, HANDLER)
+    m.load(CODE, b"\x0f\x0b")  # ud2
+    m.load(HANDLER, HLT)
+    enter_ring(m, 0, CODE, 0x8000)
+    m.state[S.EXIT_CONTROLS] = S.EXIT_ON_HLT
+    m.run()
+    assert m.cycles == model.exception + 1  # the delivery, then the HLT
+    with pytest.raises(ValueError, match="presets"):
+        preset("pentium5")

@@ -17,11 +17,14 @@ import numpy as np
 
 from vm.cpu import state as S
 from vm.cpu.core import run as core_run
+from vm.cpu.cost import DEFAULT as DEFAULT_COST
+from vm.cpu.cost import CostModel
 from vm.cpu.exits import ExitReason
 
 DEFAULT_MEMORY = 1 << 20
 DEFAULT_LOAD_ADDRESS = 0x1000
 DEFAULT_BUDGET = 100_000_000
+SYSCALL_VECTOR = 0x80  # toyos's (and Linux's) INT 0x80
 
 VECTOR_NAMES = {
     0: "#DE",
@@ -60,12 +63,19 @@ class Exit:
     size: int = 0
     is_in: bool = False
     value: int = 0
+    control_register: int = -1  # CR_ACCESS: which CRn; is_in is True for a read
+    register: int = -1  # CR_ACCESS: the general register (0 = EAX ... 7 = EDI)
 
     def __str__(self) -> str:
         where = f"at {self.eip:#010x}"
         if self.reason == ExitReason.FAULT:
             code = f"({self.error_code:#x})" if self.error_code >= 0 else ""
             return f"{self.reason.name} {vector_name(self.vector)}{code} {where}"
+        if self.reason == ExitReason.CR_ACCESS:
+            gpr = S.REG_NAMES[self.register]
+            if self.is_in:
+                return f"CR_ACCESS mov {gpr}, cr{self.control_register} {where}"
+            return f"CR_ACCESS mov cr{self.control_register}, {gpr} ({self.value:#x}) {where}"
         if self.reason == ExitReason.IO:
             if self.is_in:
                 return f"IO in port {self.port:#x} ({self.size} bytes) {where}"
@@ -158,10 +168,12 @@ class Snapshot:
 class Machine:
     """A CPU with flat memory (physical = linear), at ring 0, ready to run code."""
 
-    def __init__(self, memory_size: int = DEFAULT_MEMORY) -> None:
+    def __init__(self, memory_size: int = DEFAULT_MEMORY, cost: CostModel = DEFAULT_COST) -> None:
         if not isinstance(memory_size, int) or not 4096 <= memory_size <= 1 << 30:
             raise ValueError(f"memory_size must be an int from 4096 to 1 GiB, not {memory_size!r}")
         self.state = S.new_state()
+        cost.apply(self.state)
+        self.cost = cost
         self.memory = np.zeros(memory_size + S.SCRATCH_SIZE, dtype=np.uint8)
         self.state[S.MEM_SIZE] = memory_size
         self.state[S.ESP] = memory_size  # the stack grows down from the top of memory
@@ -244,6 +256,21 @@ class Machine:
         """Simulated cycles since the machine was made."""
         return int(self.state[S.CYCLES])
 
+    def stats(self) -> dict[str, object]:
+        """Counters since the machine was made: instructions, cycles, interrupts, faults."""
+        st = self.state
+        counts = {v: int(st[S.VECTOR_COUNTS + v]) for v in range(256) if st[S.VECTOR_COUNTS + v]}
+        return {
+            "instructions": int(st[S.INSTRUCTIONS]),
+            "cycles": int(st[S.CYCLES]),
+            "interrupts": int(st[S.STAT_INTERRUPTS]),
+            "syscalls": counts.get(SYSCALL_VECTOR, 0),
+            "faults": {vector_name(v): n for v, n in counts.items() if v < 32},
+            "vectors": counts,
+            "page_walks": int(st[S.STAT_PAGE_WALKS]),
+            "tlb_flushes": int(st[S.STAT_TLB_FLUSHES]),
+        }
+
     # ---- breakpoints ----------------------------------------------------------------------
     @property
     def breakpoints(self) -> list[int]:
@@ -288,6 +315,15 @@ class Machine:
         reason = ExitReason(int(st[S.EXIT_REASON]) if reason is None else int(reason))
         if reason == ExitReason.FAULT:
             return Exit(reason, int(st[S.EIP]), int(st[S.EXIT_VECTOR]), int(st[S.EXIT_ERROR]))
+        if reason == ExitReason.CR_ACCESS:
+            return Exit(
+                reason,
+                int(st[S.EIP]),
+                is_in=not st[S.EXIT_CR_WRITE],
+                value=int(st[S.EXIT_VALUE]),
+                control_register=int(st[S.EXIT_CR]),
+                register=int(st[S.EXIT_CR_REGISTER]),
+            )
         if reason == ExitReason.IO:
             return Exit(
                 reason,

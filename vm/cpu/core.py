@@ -57,6 +57,7 @@ from vm.cpu.exits import (
     EXIT_BREAKPOINT,
     EXIT_BUDGET,
     EXIT_CPUID,
+    EXIT_CR_ACCESS,
     EXIT_FAULT,
     EXIT_HALT,
     EXIT_IO,
@@ -141,6 +142,7 @@ from vm.cpu.state import (
 )
 from vm.cpu.system import (
     SYSTEM_EXIT_CPUID,
+    SYSTEM_EXIT_CR_ACCESS,
     SYSTEM_FAULT,
     SYSTEM_NEW_TRANSLATIONS,
     SYSTEM_SHADOW,
@@ -997,6 +999,8 @@ def run(state, mem, budget):
                 shadow = True  # after MOV SS, interrupts wait one instruction
             elif status == SYSTEM_EXIT_CPUID:
                 reason = EXIT_CPUID
+            elif status == SYSTEM_EXIT_CR_ACCESS:
+                reason = EXIT_CR_ACCESS
         else:
             # 0F 0B  UD2;  0F 01 C1  VMCALL (#UD outside a VM);  anything else unsupported
             fault = raise_fault(state, VECTOR_UD, NO_ERROR_CODE)

@@ -30,7 +30,10 @@ EXIT_ERROR = 18  # FAULT: error code (or -1 when the vector pushes none)
 EXIT_PORT = 19  # IO: port
 EXIT_SIZE = 20  # IO: 1 or 4 bytes
 EXIT_IS_IN = 21  # IO: 1 for IN (Python writes AL/EAX then runs on), 0 for OUT
-EXIT_VALUE = 22  # IO: value written by OUT
+EXIT_VALUE = 22  # IO: value written by OUT; CR_ACCESS: value a MOV to CRn writes
+EXIT_CR = EXIT_PORT  # CR_ACCESS: which control register
+EXIT_CR_WRITE = EXIT_IS_IN  # CR_ACCESS: 1 for MOV CRn, r32; 0 for MOV r32, CRn
+EXIT_CR_REGISTER = EXIT_SIZE  # CR_ACCESS: the general register (the VMM reads or fills it)
 
 # Counters over the whole life of the machine.
 INSTRUCTIONS = 23

@@ -29,7 +29,12 @@ from vm.cpu.state import (
     ES,
     ESP,
     EXIT_CONTROLS,
+    EXIT_CR,
+    EXIT_CR_REGISTER,
+    EXIT_CR_WRITE,
     EXIT_ON_CPUID,
+    EXIT_ON_CR_ACCESS,
+    EXIT_VALUE,
     FAULT_ERROR,
     FAULT_VECTOR,
     FLAG_IF,
@@ -289,6 +294,7 @@ SYSTEM_FAULT = 1
 SYSTEM_NEW_TRANSLATIONS = 2  # CR0, CR3 or INVLPG changed what addresses mean
 SYSTEM_SHADOW = 3  # MOV SS: the next instruction runs before any interrupt
 SYSTEM_EXIT_CPUID = 4
+SYSTEM_EXIT_CR_ACCESS = 5
 
 # Segment registers in ModRM.reg order (ES CS SS DS FS GS): their state slots.
 SREG_SLOTS = (ES, CS, SS, DS, FS, GS)
@@ -371,6 +377,12 @@ def system_instruction(mem, state, op, mod, reg, rm, ea, src, user):
             return fail_status(state, VECTOR_UD, -1)
         if privileged:
             return fail_status(state, VECTOR_GP, 0)
+        if state[EXIT_CONTROLS] & EXIT_ON_CR_ACCESS:  # the VMM emulates it (EIP is past it)
+            state[EXIT_CR] = reg
+            state[EXIT_CR_WRITE] = 1 if op == 0x122 else 0
+            state[EXIT_CR_REGISTER] = rm
+            state[EXIT_VALUE] = state[rm] if op == 0x122 else 0
+            return SYSTEM_EXIT_CR_ACCESS
         if op == 0x120:
             state[rm] = state[cr]
             return SYSTEM_OK

@@ -18,7 +18,7 @@ from vm.cpu import state as S
 from vm.cpu.cost import DEFAULT, CostModel
 from vm.cpu.exits import ExitReason
 from vm.devices.console import Console
-from vm.machine import Exit, Machine, vector_name
+from vm.machine import Exit, Machine
 
 GUEST_DIR = Path(__file__).resolve().parent
 KERNEL_SOURCE = GUEST_DIR / "toyos.asm"
@@ -44,7 +44,6 @@ PROGRAMS = {
     "all": 9,
 }
 WORKLOADS = ("compute", "syscalls", "spawn", "pagetable", "io", "faulty", "sleeper", "all")
-SYSCALL_VECTOR = 0x80
 
 
 @functools.cache
@@ -90,7 +89,7 @@ class ToyOS:
             raise ValueError("timer_divisor must be from 1000 to 65535 cycles")
         self.kernel, self.user = build(tuple(defines))
         self.workload = workload
-        self.machine = m = Machine(memory_size=memory_size)
+        self.machine = m = Machine(memory_size=memory_size, cost=cost)
         m.load(KERNEL_ADDRESS, self.kernel.code)
         m.load(USER_IMAGE_ADDRESS, self.user.code)
         size = len(self.user.code)
@@ -99,7 +98,6 @@ class ToyOS:
         m.eip = KERNEL_ADDRESS
         m.state[S.EXC_EXIT_BITMAP] = 0  # bare metal: the guest's IDT takes every exception
         m.state[S.EXIT_CONTROLS] = 0  # the PIC and PIT answer in the core
-        cost.apply(m.state)
         self.cost = cost
         self.console = Console()
 
@@ -131,15 +129,5 @@ class ToyOS:
         return RunResult(status, self.console.text, ex, exit_code, self.stats())
 
     def stats(self) -> dict[str, object]:
-        """Counters of the run so far: instructions, cycles, interrupts, faults by vector."""
-        st = self.machine.state
-        counts = {v: int(st[S.VECTOR_COUNTS + v]) for v in range(256) if st[S.VECTOR_COUNTS + v]}
-        return {
-            "instructions": int(st[S.INSTRUCTIONS]),
-            "cycles": int(st[S.CYCLES]),
-            "interrupts": int(st[S.STAT_INTERRUPTS]),
-            "syscalls": counts.get(SYSCALL_VECTOR, 0),
-            "faults": {vector_name(v): n for v, n in counts.items() if v < 32},
-            "page_walks": int(st[S.STAT_PAGE_WALKS]),
-            "tlb_flushes": int(st[S.STAT_TLB_FLUSHES]),
-        }
+        """Counters of the run so far (see Machine.stats)."""
+        return self.machine.stats()
