@@ -62,45 +62,35 @@ _BASE_SOURCES = (
     ("emulation", ILLUSTRATIVE),
 )
 
+
+def _adams_agesen(name: str, entry: int, cpu: str) -> CostModel:
+    """A preset with Adams & Agesen's measurements for one processor."""
+    return CostModel(
+        name,
+        vm_exit=entry,
+        hypercall=entry,
+        shadow_update=12733,
+        bt_callout=391,
+        sources=(
+            *_BASE_SOURCES,
+            ("vm_exit", f"{ADAMS_AGESEN}: VM entry, {entry:,} cycles ({cpu})"),
+            ("shadow_update", f"{ADAMS_AGESEN}: ptemod on first-generation VT-x, 12,733"),
+            ("bt_callout", f"{ADAMS_AGESEN}: ptemod under binary translation, 391 cycles"),
+        ),
+    )
+
+
+def _bugnion(name: str, exit_latency: int, cpu: str) -> CostModel:
+    """A preset with the VM exit latency Bugnion, Nieh and Tsafrir give for a generation."""
+    sources = (*_BASE_SOURCES, ("vm_exit", f"{BUGNION_NIEH_TSAFRIR}: {cpu}, {exit_latency:,}"))
+    return CostModel(name, vm_exit=exit_latency, hypercall=exit_latency, sources=sources)
+
+
 PRESETS: dict[str, CostModel] = {
-    "pentium4": CostModel(
-        "pentium4",
-        vm_exit=2409,
-        hypercall=2409,
-        shadow_update=12733,
-        bt_callout=391,
-        sources=(
-            *_BASE_SOURCES,
-            ("vm_exit", ADAMS_AGESEN + ": VM entry/exit round trip, 2,409 cycles (Pentium 4)"),
-            ("shadow_update", ADAMS_AGESEN + ": ptemod on first-generation VT-x, 12,733"),
-            ("bt_callout", ADAMS_AGESEN + ": ptemod under binary translation, 391 cycles"),
-        ),
-    ),
-    "core2": CostModel(
-        "core2",
-        vm_exit=937,
-        hypercall=937,
-        shadow_update=12733,
-        bt_callout=391,
-        sources=(
-            *_BASE_SOURCES,
-            ("vm_exit", ADAMS_AGESEN + ": VM entry/exit round trip, 937 cycles (Core 2)"),
-            ("shadow_update", ADAMS_AGESEN + ": ptemod on first-generation VT-x, 12,733"),
-            ("bt_callout", ADAMS_AGESEN + ": ptemod under binary translation, 391 cycles"),
-        ),
-    ),
-    "prescott": CostModel(
-        "prescott",
-        vm_exit=1926,
-        hypercall=1926,
-        sources=(*_BASE_SOURCES, ("vm_exit", BUGNION_NIEH_TSAFRIR + ": Prescott, 1,926 cycles")),
-    ),
-    "haswell": CostModel(
-        "haswell",
-        vm_exit=512,
-        hypercall=512,
-        sources=(*_BASE_SOURCES, ("vm_exit", BUGNION_NIEH_TSAFRIR + ": Haswell, 512 cycles")),
-    ),
+    "pentium4": _adams_agesen("pentium4", 2409, "Pentium 4"),
+    "core2": _adams_agesen("core2", 937, "Core 2"),
+    "prescott": _bugnion("prescott", 1926, "Prescott"),
+    "haswell": _bugnion("haswell", 512, "Haswell"),
 }
 DEFAULT = PRESETS["pentium4"]
 

@@ -147,8 +147,8 @@ def walk(mem, state, lin, write, user):
 
 
 @jit_inline
-def translate(mem, state, lin, write, user):
-    """The physical page of lin (TLB first, then a walk), or -1."""
+def tlb_lookup(state, lin, write, user):
+    """The physical page of lin from the TLB if it holds it with these rights, else -1."""
     slot = (lin >> 12) & (TLB_ENTRIES - 1)
     if state[TLB_TAGS + slot] == lin >> 12:
         value = state[TLB_VALUES + slot]
@@ -158,6 +158,15 @@ def translate(mem, state, lin, write, user):
             allowed = value & TLB_USER if user else 1
         if allowed:
             return value & PAGE_MASK
+    return -1
+
+
+@jit_inline
+def translate(mem, state, lin, write, user):
+    """The physical page of lin (TLB first, then a walk), or -1."""
+    page = tlb_lookup(state, lin, write, user)
+    if page >= 0:
+        return page
     return walk(mem, state, lin, write, user)
 
 
@@ -195,15 +204,10 @@ def host_index(mem, state, lin, size, write, user):
             return host_index_slow(mem, state, lin, size, write, user)  # records the #GP
         return state[MEM_BASE] + lin
     offset = lin & 0xFFF
-    slot = (lin >> 12) & (TLB_ENTRIES - 1)
-    if offset + size <= 4096 and state[TLB_TAGS + slot] == lin >> 12:
-        value = state[TLB_VALUES + slot]
-        if write:
-            allowed = value & (TLB_WRITE_USER if user else TLB_WRITE_SUPERVISOR)
-        else:
-            allowed = value & TLB_USER if user else 1
-        if allowed:
-            return state[MEM_BASE] + (value & PAGE_MASK) + offset
+    if offset + size <= 4096:
+        page = tlb_lookup(state, lin, write, user)
+        if page >= 0:
+            return state[MEM_BASE] + page + offset
     return host_index_slow(mem, state, lin, size, write, user)
 
 
