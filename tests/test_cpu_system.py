@@ -361,3 +361,34 @@ def test_cost_model_prices_events():
     assert m.cycles == model.exception + 1  # the delivery, then the HLT
     with pytest.raises(ValueError, match="presets"):
         preset("pentium5")
+
+
+def test_random_system_state_never_crashes_or_hangs_the_host():
+    import random
+
+    rng = random.Random(99)
+    for trial in range(150):
+        m = protected_machine(memory_size=64 * 1024)
+        m.load(0, rng.randbytes(64 * 1024))  # garbage everywhere, tables included
+        m.state[S.GDTR_BASE] = rng.choice([0x500, rng.randrange(1 << 32)])
+        m.state[S.GDTR_LIMIT] = rng.randrange(0x10000)
+        m.state[S.IDTR_BASE] = rng.choice([0x800, rng.randrange(1 << 32)])
+        m.state[S.IDTR_LIMIT] = rng.randrange(0x10000)
+        m.state[S.TSS_BASE] = rng.randrange(1 << 32)
+        if trial % 2:
+            m.state[S.CR3] = rng.randrange(1 << 32) & ~0xFFF
+            m.state[S.CR0] |= S.CR0_PG
+        m.state[S.CS] = rng.choice([0x08, 0x19, 0x2B])
+        m.state[S.PIC_IMR] = 0
+        m.state[S.TIMER_PERIOD] = rng.choice([0, 50, 1000])
+        m.eflags = rng.choice([0x2, 0x202, 0x3202])
+        m.eip = rng.randrange(64 * 1024)
+        m.regs.esp = rng.randrange(1 << 32)
+        for _ in range(4):
+            ex = m.run(budget=3000)
+            assert ex.reason in set(ExitReason)
+            if ex.reason in (ExitReason.HALT, ExitReason.SHUTDOWN):
+                break
+            if ex.reason == ExitReason.IO and ex.is_in:
+                m.complete_in(0)
+        assert m.instructions <= 4 * 3000
