@@ -13,13 +13,13 @@ from vm.cpu.state import FLAG_CF, FLAG_OF
 MASK32 = 0xFFFFFFFF
 
 
-@jit_inline
+@jit(i64(i64))
 def size_mask(size):
     """0xFF for a byte operand, 0xFFFFFFFF for a dword."""
     return 0xFF if size == 1 else MASK32
 
 
-@jit_inline
+@jit(i64(i64, i64))
 def sign_extend(value, size):
     """A byte, word (size 2) or dword as a signed int64."""
     bits = size * 8
@@ -127,7 +127,7 @@ def shift(kind, value, count, size):
     OF is the manual's for a count of 1 (undefined for others; this is QEMU's choice).
     """
     bits = size * 8
-    mask = size_mask(size)
+    mask = 0xFF if size == 1 else MASK32
     msb = bits - 1
     if kind == 5:  # SHR
         src = value >> (count - 1)

@@ -71,12 +71,14 @@ from vm.cpu.flags import (
     LOP_LOGIC,
     LOP_NONE,
     LOP_SUB,
+    carry_flag,
     condition,
+    condition_holds,
     get_cf,
     get_zf,
     materialize,
 )
-from vm.cpu.jit import Mem, State, b1, i64, jit, jit_inline, pair
+from vm.cpu.jit import Mem, State, b1, i64, jit, pair
 from vm.cpu.memory import (
     PAGE_MASK,
     host_index,
@@ -280,7 +282,7 @@ HANDLER[0xCF] = H_IRET
 HANDLER[[0x100, 0x101, 0x120, 0x122, 0x8C, 0x8E, 0x1A2]] = H_SYSTEM
 
 
-@jit_inline
+@jit(b1(State, i64, i64))
 def raise_fault(state, vector, error):
     """Record an exception for the instruction being executed; returns True."""
     state[FAULT_VECTOR] = vector
@@ -288,7 +290,7 @@ def raise_fault(state, vector, error):
     return True
 
 
-@jit_inline
+@jit(b1(State, i64))
 def io_allowed(state, flags):
     """IN, OUT, CLI and STI need CPL <= IOPL."""
     return (state[CS] & 3) <= ((flags & FLAG_IOPL) >> 12)
@@ -637,10 +639,10 @@ def run(state, mem, budget):
             aop = op >> 3
             kind = op & 7
             osize = 4 if kind & 1 else 1
-            mask = size_mask(osize)
+            mask = 0xFF if osize == 1 else MASK32
             carry = 0
             if aop == 2 or aop == 3:
-                carry = get_cf(lop, la, lb, lres, lmask, flags)
+                carry = carry_flag(lop, la, lb, lres, lmask, flags)
             if kind < 2:
                 a = src
                 b = get_reg(state, reg, osize)
@@ -663,7 +665,7 @@ def run(state, mem, budget):
         elif handler == H_JCC:
             # 70+cc cb  Jcc rel8;  0F 80+cc cd  Jcc rel32
             if condition(op & 15, lop, la, lb, lres, lmask, flags):
-                offset = sign_extend(imm, 1) if op < 0x80 else imm
+                offset = (imm ^ 0x80) - 0x80 if op < 0x80 else imm  # rel8 is signed
                 eip = (eip + offset) & MASK32
         elif handler == H_INC_DEC_REG:
             # 40+r  INC r32;  48+r  DEC r32  (CF unchanged)
@@ -683,11 +685,11 @@ def run(state, mem, budget):
         elif handler == H_ALU_IMM:
             # 80 /n ib  ALU r/m8, imm8;  81 /n id  ALU r/m32, imm32;
             # 83 /n ib  ALU r/m32, imm8 (sign-extended);  n: ADD OR ADC SBB AND SUB XOR CMP
-            mask = size_mask(size)
-            b = sign_extend(imm, 1) & MASK32 if op == 0x83 else imm
+            mask = 0xFF if size == 1 else MASK32
+            b = ((imm ^ 0x80) - 0x80) & MASK32 if op == 0x83 else imm  # 83: imm8 sign-extended
             carry = 0
             if reg == 2 or reg == 3:
-                carry = get_cf(lop, la, lb, lres, lmask, flags)
+                carry = carry_flag(lop, la, lb, lres, lmask, flags)
             result, lop, lres = alu(reg, src, b, carry, mask)
             la, lb, lmask = src, b, mask
             writeback = reg != 7
@@ -700,7 +702,7 @@ def run(state, mem, budget):
             state[ESP] = (state[ESP] + imm) & MASK32
             eip = popped
         elif handler == H_JMP_REL8:  # EB cb  JMP rel8
-            eip = (eip + sign_extend(imm, 1)) & MASK32
+            eip = (eip + (imm ^ 0x80) - 0x80) & MASK32  # rel8 is signed
         elif handler == H_JMP_REL32:  # E9 cd  JMP rel32
             eip = (eip + imm) & MASK32
         elif handler == H_MOV_R8_IMM:  # B0+r ib  MOV r8, imm8
@@ -709,11 +711,11 @@ def run(state, mem, budget):
             state[op & 7] = imm
         elif handler == H_TEST_RM:  # 84 /r  TEST r/m8, r8;  85 /r  TEST r/m32, r32
             b = get_reg(state, reg, size)
-            lop, la, lb, lres, lmask = LOP_LOGIC, src, b, src & b, size_mask(size)
+            lop, la, lb, lres, lmask = LOP_LOGIC, src, b, src & b, (0xFF if size == 1 else MASK32)
         elif handler == H_TEST_ACC:  # A8 ib  TEST AL, imm8;  A9 id  TEST EAX, imm32
             osize = 4 if op & 1 else 1
             a = get_reg(state, EAX, osize)
-            lop, la, lb, lres, lmask = LOP_LOGIC, a, imm, a & imm, size_mask(osize)
+            lop, la, lb, lres, lmask = LOP_LOGIC, a, imm, a & imm, (0xFF if osize == 1 else MASK32)
         elif handler == H_LEA:  # 8D /r  LEA r32, m
             if mod == 3:
                 fault = raise_fault(state, VECTOR_UD, NO_ERROR_CODE)
@@ -737,14 +739,14 @@ def run(state, mem, budget):
                 pass  # a count of 0 changes no flags
             elif reg >= 4:
                 result, la, lb = shift(reg, src, n, size)
-                lop, lres, lmask = LOP_CFOF, result, size_mask(size)
+                lop, lres, lmask = LOP_CFOF, result, (0xFF if size == 1 else MASK32)
             else:
                 result, flags = rotate(
                     reg, src, n, size, materialize(lop, la, lb, lres, lmask, flags)
                 )
                 lop = LOP_NONE
         elif handler == H_GROUP3:
-            mask = size_mask(size)
+            mask = 0xFF if size == 1 else MASK32
             if reg == 0:  # F6 /0 ib  TEST r/m8, imm8;  F7 /0 id  TEST r/m32, imm32
                 lop, la, lb, lres, lmask = LOP_LOGIC, src, imm, src & imm, mask
             elif reg == 2:  # F6 /2  NOT r/m8;  F7 /2  NOT r/m32
@@ -758,7 +760,7 @@ def run(state, mem, budget):
                 # F6 /4  MUL r/m8 (AX = AL * r/m8);  F7 /4  MUL r/m32 (EDX:EAX = EAX * r/m32)
                 # F6 /5  IMUL r/m8;  F7 /5  IMUL r/m32  (signed)
                 lres, la = multiply(state, reg == 5, size, src)
-                lop, lb, lmask = LOP_CFOF, la, size_mask(size)
+                lop, lb, lmask = LOP_CFOF, la, (0xFF if size == 1 else MASK32)
             elif not divide(state, reg == 7, size, src):
                 # F6 /6  DIV r/m8 (AL = AX / r/m8, AH = remainder);  F6 /7  IDIV r/m8
                 # F7 /6  DIV r/m32 (EAX = EDX:EAX / r/m32, EDX = remainder);  F7 /7  IDIV r/m32
@@ -766,10 +768,10 @@ def run(state, mem, budget):
         elif handler == H_GROUP5:
             if reg <= 1:
                 # FE /0  INC r/m8;  FF /0  INC r/m32;  FE /1  DEC r/m8;  FF /1  DEC r/m32
-                flags = (flags & ~FLAG_CF) | get_cf(lop, la, lb, lres, lmask, flags)
+                flags = (flags & ~FLAG_CF) | carry_flag(lop, la, lb, lres, lmask, flags)
                 lres = src + 1 if reg == 0 else src - 1
                 lop = LOP_INC if reg == 0 else LOP_DEC
-                la, lb, lmask = src, 1, size_mask(size)
+                la, lb, lmask = src, 1, (0xFF if size == 1 else MASK32)
                 result = lres & lmask
                 writeback = True
             elif reg == 2:  # FF /2  CALL r/m32
@@ -782,7 +784,7 @@ def run(state, mem, budget):
         elif handler == H_PUSH_IMM32:  # 68 id  PUSH imm32
             pushed = imm
         elif handler == H_PUSH_IMM8:  # 6A ib  PUSH imm8 (sign-extended)
-            pushed = sign_extend(imm, 1) & MASK32
+            pushed = ((imm ^ 0x80) - 0x80) & MASK32  # imm8, sign-extended
         elif handler == H_POP_RM:  # 8F /0  POP r/m32 (the address uses ESP after the pop)
             v = read32(mem, state, esp_before, user)
             if v < 0:
@@ -803,7 +805,7 @@ def run(state, mem, budget):
             writeback = True
             set_reg(state, reg, size, src)
         elif handler == H_SETCC:  # 0F 90+cc  SETcc r/m8
-            result = 1 if condition(op & 15, lop, la, lb, lres, lmask, flags) else 0
+            result = 1 if condition_holds(op & 15, lop, la, lb, lres, lmask, flags) else 0
             writeback = True
         elif handler == H_MOVZX:
             # 0F B6 /r  MOVZX r32, r/m8;  0F B7 /r  MOVZX r32, r/m16
@@ -847,7 +849,7 @@ def run(state, mem, budget):
             c = (state[ECX] - 1) & MASK32
             state[ECX] = c
             if c != 0:
-                eip = (eip + sign_extend(imm, 1)) & MASK32
+                eip = (eip + (imm ^ 0x80) - 0x80) & MASK32  # rel8 is signed
         elif handler == H_LEAVE:  # C9  LEAVE (ESP = EBP; POP EBP)
             v = read32(mem, state, state[EBP], user)
             if v < 0:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vm.cpu.jit import i64, jit, jit_inline
+from vm.cpu.jit import b1, i64, jit, jit_inline
 from vm.cpu.state import FLAG_AF, FLAG_CF, FLAG_OF, FLAG_PF, FLAG_SF, FLAG_ZF
 
 LOP_NONE = 0  # every arithmetic flag is in the flags word
@@ -133,3 +133,15 @@ def condition(cc, lop, la, lb, lres, lmask, flags):
     else:  # P / NP
         result = get_pf(lop, la, lb, lres, lmask, flags)
     return result != (cc & 1)
+
+
+@jit(i64(i64, i64, i64, i64, i64, i64))
+def carry_flag(lop, la, lb, lres, lmask, flags):
+    """get_cf, as a call (for the colder places that read CF: ADC, SBB, FE/FF INC/DEC)."""
+    return get_cf(lop, la, lb, lres, lmask, flags)
+
+
+@jit(b1(i64, i64, i64, i64, i64, i64, i64))
+def condition_holds(cc, lop, la, lb, lres, lmask, flags):
+    """condition, as a call (for SETcc; Jcc inlines it)."""
+    return condition(cc, lop, la, lb, lres, lmask, flags)

@@ -1,0 +1,7 @@
+"""`python -m vm`: see vm.cli."""
+
+import sys
+
+from vm.cli import main
+
+sys.exit(main())

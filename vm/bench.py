@@ -1,0 +1,286 @@
+"""`python -m vm bench`: how fast the core runs, beside Unicorn on the same bytes.
+
+Figures (medians of several runs): guest MIPS on a compute and a memory-heavy program,
+Unicorn's MIPS on the same bytes (its instruction count taken from our run of the same
+program), the same compute program with NUMBA_DISABLE_JIT=1, the exit round trip, cold
+compile and warm start times, and toyos's boot length and compute speed. Wall-clock
+figures are benchmarks, never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from vm.asm import assemble
+from vm.cpu.core import run as core_run
+from vm.cpu.exits import ExitReason
+from vm.machine import Machine
+
+BASE = 0x1000
+
+COMPUTE = """
+bits 32
+org 0x1000
+    mov ecx, {n}
+    mov ebx, 1
+again:
+    add eax, ebx
+    xor ebx, eax
+    shl eax, 1
+    imul edx, eax, 3
+    cmp edx, ebx
+    jb skip
+    inc esi
+skip:
+    dec ecx
+    jnz again
+    hlt
+"""
+
+MEMORY = """
+bits 32
+org 0x1000
+    mov esp, 0x80000
+    mov ebp, {n}
+round:
+    mov esi, 0x20000
+    mov edi, 0x30000
+    mov edx, 16
+copy:
+    mov eax, [esi]
+    add [edi], eax
+    mov ebx, [esi+4]
+    add ebx, [edi+edx*4]
+    mov [edi+4], ebx
+    push eax
+    call touch
+    pop eax
+    add esi, 8
+    add edi, 8
+    dec edx
+    jnz copy
+    mov esi, 0x20000
+    mov edi, 0x40000
+    mov ecx, 16
+    rep movsd
+    dec ebp
+    jnz round
+    hlt
+touch:
+    xor dword [esp+4], 1
+    ret
+"""
+
+EXIT_LOOP = """
+bits 32
+org 0x1000
+again:
+    out 0xe9, al
+    jmp again
+"""
+
+WARM = (
+    "from vm.machine import Machine\n"
+    "m = Machine(); m.load(0x1000, bytes.fromhex('b9e8030000e2fef4')); m.eip = 0x1000\n"
+    "m.run(10_000)\n"
+)
+
+TARGETS = {
+    "compute_vs_unicorn": (">=", 0.6),
+    "memory_vs_unicorn": (">=", 0.6),
+    "jit_vs_nojit": (">=", 300),
+    "exit_roundtrip_us": ("<=", 0.7),
+    "warm_start_s": ("<=", 1.0),
+    "cold_compile_s": ("<=", 20.0),
+    "boot_instructions": ("<", 200_000),
+    "toyos_vs_bare_compute": (">=", 0.8),
+}
+
+
+def _machine(code: bytes) -> Machine:
+    m = Machine()
+    m.load(BASE, code)
+    m.eip = BASE
+    return m
+
+
+def core_mips(code: bytes, repeats: int) -> tuple[float, int]:
+    """Median MIPS of runs of code to HLT, and its instruction count."""
+    _machine(code).run(budget=1000)  # compile or load the core first
+    rates = []
+    count = 0
+    for _ in range(repeats):
+        m = _machine(code)
+        start = time.perf_counter()
+        ex = m.run(budget=10**10)
+        elapsed = time.perf_counter() - start
+        if ex.reason != ExitReason.HALT:
+            raise RuntimeError(f"the benchmark program stopped with {ex}")
+        count = m.instructions
+        rates.append(count / elapsed / 1e6)
+    return statistics.median(rates), count
+
+
+def unicorn_mips(code: bytes, count: int, repeats: int) -> float:
+    """Median MIPS of Unicorn on the same bytes (count: the program's instructions)."""
+    from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
+    from unicorn import x86_const as X
+
+    rates = []
+    for _ in range(repeats):
+        uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        uc.mem_map(0, 1 << 20)
+        uc.mem_write(BASE, code)
+        uc.reg_write(X.UC_X86_REG_ESP, 0x80000)
+        start = time.perf_counter()
+        uc.emu_start(BASE, BASE + len(code) - 1 - _tail(code))
+        rates.append(count / (time.perf_counter() - start) / 1e6)
+    return statistics.median(rates)
+
+
+def _tail(code: bytes) -> int:
+    """Bytes after the program's HLT (the memory program's subroutine follows it)."""
+    return len(code) - 1 - code.rindex(b"\xf4") if b"\xf4" in code else 0
+
+
+def nojit_mips(n: int) -> float:
+    """MIPS of the compute program with NUMBA_DISABLE_JIT=1 (in a subprocess)."""
+    script = (
+        "import time\nfrom vm.bench import COMPUTE, _machine\nfrom vm.asm import assemble\n"
+        f"m = _machine(assemble(COMPUTE.format(n={n})).code)\n"
+        "t = time.perf_counter(); m.run(10**9); t = time.perf_counter() - t\n"
+        "print(m.instructions / t / 1e6)\n"
+    )
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
+    )
+    if out.returncode:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1])
+    return float(out.stdout.strip())
+
+
+def exit_roundtrip_us(rounds: int, through_machine: bool = False) -> float:
+    """Median microseconds for the core's run() to return an IO exit and be called again.
+
+    That is the boundary a VMM loops on (vm.cpu.core.run); ``through_machine`` measures
+    Machine.run instead, which also builds an Exit for Python code to read.
+    """
+    m = _machine(assemble(EXIT_LOOP).code)
+    m.run(budget=10)
+    state, memory = m.state, m.memory
+    samples = []
+    for _ in range(5):
+        start = time.perf_counter()
+        if through_machine:
+            for _ in range(rounds):
+                m.run(1000)
+        else:
+            for _ in range(rounds):
+                core_run(state, memory, 1000)
+        samples.append((time.perf_counter() - start) / rounds * 1e6)
+    return statistics.median(samples)
+
+
+def process_seconds(env: dict[str, str], repeats: int) -> float:
+    """Median wall time of a new Python process that builds a Machine and runs it."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", WARM], env=env, check=True, timeout=600)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def toyos_figures(repeats: int) -> tuple[int, float]:
+    """Instructions until toyos's first user process runs; its compute workload's MIPS."""
+    from vm.guest.toyos import ToyOS
+
+    toyos = ToyOS("compute")
+    m = toyos.machine
+    m.add_breakpoint(toyos.user.symbols["init"])
+    while (ex := m.run(budget=10**6)).reason == ExitReason.IO:
+        pass
+    boot = m.instructions if ex.reason == ExitReason.BREAKPOINT else -1
+    rates = []
+    for _ in range(repeats):
+        toyos = ToyOS("compute")
+        start = time.perf_counter()
+        result = toyos.run()
+        rates.append(result.stats["instructions"] / (time.perf_counter() - start) / 1e6)
+    return boot, statistics.median(rates)
+
+
+def measure(quick: bool = False) -> dict[str, object]:
+    """Every figure, as a dict."""
+    n = 20_000 if quick else 2_000_000
+    repeats = 2 if quick else 5
+    compute = assemble(COMPUTE.format(n=n)).code
+    memory = assemble(MEMORY.format(n=n // 20)).code
+    out: dict[str, object] = {}
+    out["compute_mips"], compute_count = core_mips(compute, repeats)
+    out["compute_unicorn_mips"] = unicorn_mips(compute, compute_count, repeats)
+    out["memory_mips"], memory_count = core_mips(memory, repeats)
+    out["memory_unicorn_mips"] = unicorn_mips(memory, memory_count, repeats)
+    out["nojit_mips"] = nojit_mips(2_000 if quick else 25_000)
+    out["exit_roundtrip_us"] = exit_roundtrip_us(2_000 if quick else 50_000)
+    out["machine_run_us"] = exit_roundtrip_us(2_000 if quick else 50_000, through_machine=True)
+    with tempfile.TemporaryDirectory() as empty:
+        cold_env = dict(os.environ, VMLAB_CACHE_DIR=empty)
+        out["cold_compile_s"] = process_seconds(cold_env, 1)
+    out["warm_start_s"] = process_seconds(dict(os.environ), 1 if quick else 5)
+    out["boot_instructions"], out["toyos_compute_mips"] = toyos_figures(1 if quick else 3)
+    out["compute_vs_unicorn"] = out["compute_mips"] / out["compute_unicorn_mips"]
+    out["memory_vs_unicorn"] = out["memory_mips"] / out["memory_unicorn_mips"]
+    out["jit_vs_nojit"] = out["compute_mips"] / out["nojit_mips"]
+    out["toyos_vs_bare_compute"] = out["toyos_compute_mips"] / out["compute_mips"]
+    out["machine"] = {
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "quick": quick,
+    }
+    return out
+
+
+def verdict(key: str, value: float) -> str:
+    op, target = TARGETS[key]
+    ok = {">=": value >= target, "<=": value <= target, "<": value < target}[op]
+    return f"target {op} {target:g}: {'PASS' if ok else 'MISS'}"
+
+
+def bench_command(as_json: bool, quick: bool) -> int:
+    """Print the figures (a table, or one JSON object)."""
+    figures = measure(quick)
+    if as_json:
+        print(json.dumps(figures))
+        return 0
+    rows = [
+        ("compute MIPS (vmlab)", "compute_mips", None),
+        ("compute MIPS (Unicorn)", "compute_unicorn_mips", None),
+        ("  ratio", "compute_vs_unicorn", "compute_vs_unicorn"),
+        ("memory MIPS (vmlab)", "memory_mips", None),
+        ("memory MIPS (Unicorn)", "memory_unicorn_mips", None),
+        ("  ratio", "memory_vs_unicorn", "memory_vs_unicorn"),
+        ("NUMBA_DISABLE_JIT MIPS", "nojit_mips", None),
+        ("  jit / no jit", "jit_vs_nojit", "jit_vs_nojit"),
+        ("exit round trip (us)", "exit_roundtrip_us", "exit_roundtrip_us"),
+        ("  through Machine.run (us)", "machine_run_us", None),
+        ("cold compile (s)", "cold_compile_s", "cold_compile_s"),
+        ("warm start (s)", "warm_start_s", "warm_start_s"),
+        ("toyos boot (instructions)", "boot_instructions", "boot_instructions"),
+        ("toyos compute MIPS", "toyos_compute_mips", None),
+        ("  toyos / bare compute", "toyos_vs_bare_compute", "toyos_vs_bare_compute"),
+    ]
+    for label, key, target in rows:
+        value = figures[key]
+        text = f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"
+        print(f"{label:<28}{text:>14}   {verdict(target, value) if target else ''}")
+    return 0
