@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vm.asm.errors import Location
-from vm.isa import FORMS, IMM_SIZES, Form
+from vm.isa import FORMS_BY_MNEMONIC, IMM_SIZES, Form
 
 REG32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 REG16 = ("ax", "cx", "dx", "bx", "sp", "bp", "si", "di")
@@ -20,10 +20,6 @@ SREGS = ("es", "cs", "ss", "ds", "fs", "gs")
 CREGS = {"cr0": 0, "cr2": 2, "cr3": 3, "cr4": 4}
 SIZES = {"byte": 1, "word": 2, "dword": 4}
 ESP, EBP = 4, 5
-
-FORMS_BY_MNEMONIC: dict[str, list[Form]] = {}
-for _form in FORMS:
-    FORMS_BY_MNEMONIC.setdefault(_form.mnemonic, []).append(_form)
 
 
 def register(name: str) -> tuple[str, int, int] | None:

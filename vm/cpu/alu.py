@@ -6,7 +6,7 @@ return -1 (see vm.cpu.memory).
 
 from __future__ import annotations
 
-from vm.cpu.flags import LOP_ADD, LOP_LOGIC, LOP_SUB, PARITY
+from vm.cpu.flags import LOP_ADD, LOP_LOGIC, LOP_SUB
 from vm.cpu.jit import i64, jit, jit_inline, pair
 from vm.cpu.state import FLAG_CF, FLAG_OF
 
@@ -177,9 +177,3 @@ def trunc_div(n, d):
     if (n < 0) != (d < 0):
         q = -q
     return q, n - q * d
-
-
-@jit(i64(i64))
-def parity(value):
-    """x86's PF for a value: 1 when its low byte has an even number of set bits."""
-    return PARITY[value & 0xFF]

@@ -68,7 +68,6 @@ PIC_VECTOR_BASE = 42  # IRQ n arrives as vector PIC_VECTOR_BASE + n
 TIMER_PERIOD = 43  # cycles between timer ticks (IRQ 0); 0 = timer off
 TIMER_NEXT = 44  # CYCLES value of the next tick
 PIT_LATCH = 45  # PIT divisor being written: low byte, then high byte (bit 16: low seen)
-HALTED = 46  # 1 while HLT waits for an interrupt
 
 # Event costs in simulated cycles (set from a CostModel, vm.cpu.cost).
 COST_EXCEPTION = 47  # delivering an exception or interrupt through the IDT

@@ -33,9 +33,9 @@ __all__ = [
     "DEFAULT_COST_TABLE",
     "FLAG_BITS",
     "FORMS",
-    "MNEMONICS",
+    "FORMS_BY_MNEMONIC",
+    "IMM_SIZES",
     "Form",
-    "forms_for",
     "opcode_cost_table",
 ]
 
@@ -77,12 +77,6 @@ class Form:
     undefined: str = ""  # flags the manual leaves undefined after it
     cost: int = 1  # base simulated cycles
     user: bool = True  # runs at CPL 3 and can be compared with Unicorn in user mode
-
-    @property
-    def length_without_modrm_bytes(self) -> int:
-        """Opcode bytes plus immediate bytes, not counting ModRM/SIB/displacement."""
-        imm = sum(IMM_SIZES.get(kind, 0) for kind in self.operands)
-        return len(self.prefix) + len(self.opcode) + imm
 
 
 IMM_SIZES = {"imm8": 1, "simm8": 1, "imm16": 2, "imm32": 4, "rel8": 1, "rel32": 4}
@@ -297,12 +291,10 @@ FORMS: list[Form] = [
     Form("vmcall", (), b"\x0f\x01\xc1", user=False),
 ]
 
-MNEMONICS: frozenset[str] = frozenset(f.mnemonic for f in FORMS)
-
-
-def forms_for(mnemonic: str) -> list[Form]:
-    """All forms of one mnemonic, in the table's order of preference."""
-    return [f for f in FORMS if f.mnemonic == mnemonic]
+# The forms of each mnemonic, in the table's order of preference (the assembler's index).
+FORMS_BY_MNEMONIC: dict[str, list[Form]] = {}
+for _form in FORMS:
+    FORMS_BY_MNEMONIC.setdefault(_form.mnemonic, []).append(_form)
 
 
 def opcode_cost_table() -> np.ndarray:
