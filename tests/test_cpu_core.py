@@ -325,3 +325,12 @@ def test_cycles_follow_the_cost_table():
     m.run()
     assert m.instructions == 4
     assert m.cycles == 1 + 1 + 20 + 1
+
+
+def test_code_near_the_end_of_an_odd_sized_memory_faults_cleanly():
+    m = Machine(memory_size=4096 + 100)
+    m.load(4096, b"\x90" * 100)  # nops up to the very end, then nothing
+    m.eip = 4096
+    ex = m.run(budget=1000)
+    assert (ex.reason, ex.vector, ex.eip) == (ExitReason.FAULT, 13, 4096 + 100)
+    assert m.instructions == 100

@@ -428,7 +428,8 @@ def fetch(mem, state, eip, user, have):
     host = state[MEM_BASE] + page
     offset = lin & 0xFFF
     if have == 0 and offset + MAX_INSTRUCTION <= end:
-        return host + offset, MAX_INSTRUCTION, eip >> 12, host
+        tag = eip >> 12 if end == 4096 else -1  # cache only whole pages
+        return host + offset, MAX_INSTRUCTION, tag, host
     n = min(end - offset, MAX_INSTRUCTION - have)
     for k in range(MAX_INSTRUCTION - have):
         mem[scratch_at + have + k] = mem[host + offset + k] if k < n else 0
