@@ -188,6 +188,8 @@ def encode_form(
                     raise loc.error(f"short jump out of range ({value} bytes)", op.column)
                 if op.strict != "short":
                     return None
+        elif kind == "simm8":  # matched only when it fits, as a 32-bit value
+            value = op.value or 0
         else:
             value = op.value or 0
             if final and not _in_range(value, size * 8):
@@ -228,6 +230,8 @@ def encode(
     encodings = [(encode_form(f, ops, address, loc, final), f) for f in candidates]
     out_of_reach = any(e is None for e, _ in encodings)
     encodings = [(e, f) for e, f in encodings if e is not None]
+    if not encodings:  # only a short form exists (LOOP, JMP SHORT) and it cannot reach
+        raise loc.error(f"'{mnemonic}' target is out of range for a short jump", column)
     if memory:
         sizes = {_memory_size(f, ops) for _, f in encodings}
         if len(sizes) > 1 and len({e for e, _ in encodings}) > 1:

@@ -186,10 +186,10 @@ FORMS: list[Form] = [
     Form("lea", ("r32", "m"), b"\x8d", "r"),
     Form("xchg", ("eax", "r32"), b"\x90", plus_reg=True),
     Form("xchg", ("r32", "eax"), b"\x90", plus_reg=True),
+    Form("xchg", ("r8", "rm8"), b"\x86", "r", cost=2),  # NASM's choice for reg, reg
     Form("xchg", ("rm8", "r8"), b"\x86", "r", cost=2),
-    Form("xchg", ("r8", "rm8"), b"\x86", "r", cost=2),
-    Form("xchg", ("rm32", "r32"), b"\x87", "r", cost=2),
     Form("xchg", ("r32", "rm32"), b"\x87", "r", cost=2),
+    Form("xchg", ("rm32", "r32"), b"\x87", "r", cost=2),
     Form("push", ("r32",), b"\x50", plus_reg=True),
     Form("push", ("simm8",), b"\x6a"),
     Form("push", ("imm32",), b"\x68"),
