@@ -402,8 +402,8 @@ def assemble_lines(lines: list[Location], origin: int | None = None) -> Program:
         p = Pass(lines, previous, final=False, long_jumps=long_jumps)
         p.origin = origin
         p.run()
-        if not p.unknown and not p.grew and p.symbols == previous and n > 0:
-            break
+        if not p.grew and p.symbols == previous and n > 0:
+            break  # settled (the last pass reports any symbol still undefined)
         previous = p.symbols
     else:
         raise AsmError("the labels do not settle (a jump that keeps changing size?)")

@@ -100,7 +100,7 @@ def _kind_matches(kind: str, op: Operand, final: bool, long_jump: bool) -> bool:
             return True  # unknown yet: hope it is small (a later pass will know)
         if kind == "simm8":
             return fits_signed8(op.value) and _in_range(op.value, 32)
-        return _in_range(op.value, 8) or not final
+        return True  # an imm8 that does not fit is reported by encode_form
     if kind == "imm16":
         return op.size in (0, 2) and not op.strict
     if kind == "imm32":

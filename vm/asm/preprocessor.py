@@ -259,7 +259,8 @@ class Preprocessor:
                 m = re.match(r"""["'<](.*)["'>]""", rest)
                 if not m:
                     raise loc.error("%include needs a file name in quotes", column)
-                path = self.find_include(m.group(1), here, loc, column)
+                name_column = text.find(m.group(1)) + 1
+                path = self.find_include(m.group(1), here, loc, name_column)
                 self.include(path, loc, depth + 1)
             elif word == "%error":
                 raise loc.error(rest.strip("\"'") or "%error")
