@@ -87,6 +87,14 @@ F_ESP           equ 52
 F_SS            equ 56
 FRAME_SIZE      equ 60
 
+; kprint message, value, printer: print a string, then a value with kputdec or kputhex.
+%macro kprint 3
+    mov esi, %1
+    call kputs
+    mov eax, %2
+    call %3
+%endmacro
+
 ; ---- boot -----------------------------------------------------------------------------
 start:
     mov esp, BOOT_STACK
@@ -268,19 +276,10 @@ exception:
     test dword [ebp+F_CS], 3
     jz kernel_panic
     ; a user fault kills the process that made it
-    mov esi, msg_killed_1
-    call kputs
     mov ebx, [current]
-    mov eax, [ebx+P_PID]
-    call kputdec
-    mov esi, msg_killed_2
-    call kputs
-    mov eax, [ebp+F_VECTOR]
-    call kputdec
-    mov esi, msg_killed_3
-    call kputs
-    mov eax, [ebp+F_EIP]
-    call kputhex
+    kprint msg_killed_1, [ebx+P_PID], kputdec
+    kprint msg_killed_2, [ebp+F_VECTOR], kputdec
+    kprint msg_killed_3, [ebp+F_EIP], kputhex
     mov al, 10
     call kputc
     mov eax, -1
@@ -764,26 +763,14 @@ kputdec:                            ; EAX, unsigned, in decimal
     ret
 
 kernel_panic:
-    mov esi, msg_panic
-    call kputs
-    mov eax, [ebp+F_VECTOR]
-    call kputdec
-    mov esi, msg_error
-    call kputs
-    mov eax, [ebp+F_ERROR]
-    call kputhex
-    mov esi, msg_eip
-    call kputs
-    mov eax, [ebp+F_EIP]
-    call kputhex
+    kprint msg_panic, [ebp+F_VECTOR], kputdec
+    kprint msg_error, [ebp+F_ERROR], kputhex
+    kprint msg_eip, [ebp+F_EIP], kputhex
     mov esi, msg_cr2
     call kputs
     mov eax, cr2
     call kputhex
-    mov esi, msg_regs
-    call kputs
-    mov eax, [ebp+F_EAX]
-    call kputhex
+    kprint msg_regs, [ebp+F_EAX], kputhex
     mov al, ' '
     call kputc
     mov eax, [ebp+F_EBX]
