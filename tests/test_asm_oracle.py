@@ -132,3 +132,14 @@ def test_every_form_assembles_to_nasms_bytes(seed, tmp_path):
                 f"  vmlab: {entry.data.hex(' ')}\n  nasm:  {expected}"
             )
     pytest.fail(f"lengths differ: vmlab {len(ours.code)} bytes, nasm {len(theirs)}")
+
+
+@pytest.mark.parametrize("name", ["toyos.asm", "user.asm"])
+def test_toyos_sources_assemble_to_nasms_bytes(name, tmp_path):
+    require_tool("nasm")
+    from vm.asm import assemble_file
+    from vm.guest.toyos import GUEST_DIR
+
+    out = tmp_path / "out.bin"
+    subprocess.run(["nasm", "-f", "bin", "-o", str(out), str(GUEST_DIR / name)], check=True)
+    assert assemble_file(GUEST_DIR / name).code == out.read_bytes()
