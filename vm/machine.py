@@ -168,15 +168,33 @@ class Snapshot:
 
 
 class Machine:
-    """A CPU with flat memory (physical = linear), at ring 0, ready to run code."""
+    """A CPU with flat memory (physical = linear), at ring 0, ready to run code.
 
-    def __init__(self, memory_size: int = DEFAULT_MEMORY, cost: CostModel = DEFAULT_COST) -> None:
+    By default the machine owns its memory. Given ``host_memory`` and ``base`` it runs
+    in the window [base, base + memory_size) of a larger array that other machines share
+    (vm.hypervisor.host): its physical address 0 is host index ``base``, and the core
+    lets it reach nothing outside the window.
+    """
+
+    def __init__(
+        self,
+        memory_size: int = DEFAULT_MEMORY,
+        cost: CostModel = DEFAULT_COST,
+        host_memory: np.ndarray | None = None,
+        base: int = 0,
+    ) -> None:
         if not isinstance(memory_size, int) or not 4096 <= memory_size <= 1 << 30:
             raise ValueError(f"memory_size must be an int from 4096 to 1 GiB, not {memory_size!r}")
         self.state = S.new_state()
         cost.apply(self.state)
         self.cost = cost
-        self.memory = np.zeros(memory_size + S.SCRATCH_SIZE, dtype=np.uint8)
+        if host_memory is None:
+            host_memory = np.zeros(memory_size + S.SCRATCH_SIZE, dtype=np.uint8)
+        elif base < 0 or base + memory_size > host_memory.size - S.SCRATCH_SIZE:
+            raise ValueError("the machine's window does not fit in the host's memory")
+        self.memory = host_memory  # what the core runs on
+        self.window = host_memory[base : base + memory_size]  # this machine's RAM (a view)
+        self.state[S.MEM_BASE] = base
         self.state[S.MEM_SIZE] = memory_size
         self.state[S.ESP] = memory_size  # the stack grows down from the top of memory
         self.regs = Registers(self.state)
@@ -199,14 +217,14 @@ class Machine:
         """Copy bytes into memory at address."""
         data = bytes(data)
         self._check_range(address, len(data))
-        self.memory[address : address + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        self.window[address : address + len(data)] = np.frombuffer(data, dtype=np.uint8)
 
     write = load
 
     def read(self, address: int, length: int) -> bytes:
         """Bytes of memory."""
         self._check_range(address, length)
-        return self.memory[address : address + length].tobytes()
+        return self.window[address : address + length].tobytes()
 
     def read32(self, address: int) -> int:
         """A little-endian dword of memory."""
@@ -354,11 +372,11 @@ class Machine:
     # ---- snapshots ------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         """A copy of the whole machine; restore() returns to it exactly."""
-        return Snapshot(self.state.copy(), self.memory.copy())
+        return Snapshot(self.state.copy(), self.window.copy())
 
     def restore(self, snapshot: Snapshot) -> None:
         """Put the machine back as it was when the snapshot was taken."""
-        if snapshot.memory.shape != self.memory.shape:
+        if snapshot.memory.shape != self.window.shape:
             raise ValueError("this snapshot is of a machine with a different memory size")
         self.state[:] = snapshot.state
-        self.memory[:] = snapshot.memory
+        self.window[:] = snapshot.memory

@@ -86,6 +86,7 @@ from vm.cpu.memory import (
     load,
     read32,
     store,
+    tlb_lookup,
     translate,
     write32,
 )
@@ -146,7 +147,6 @@ from vm.cpu.system import (
     SYSTEM_EXIT_CPUID,
     SYSTEM_EXIT_CR_ACCESS,
     SYSTEM_FAULT,
-    SYSTEM_NEW_TRANSLATIONS,
     SYSTEM_SHADOW,
     deliver,
     iret,
@@ -400,40 +400,34 @@ EVENT_EXIT = 1
 EVENT_SHUTDOWN = 2
 
 
-@jit(types.UniTuple(i64, 4)(Mem, State, i64, b1, i64))
+@jit(pair(i64)(Mem, State, i64, b1, i64))
 def fetch(mem, state, eip, user, have):
-    """Find the bytes of the instruction at eip -> (index, bytes available, page tag, page).
+    """The bytes of an instruction near a page end -> (index, bytes available), or -1.
 
-    Bytes are read where they are when the instruction lies inside one page; near a page
-    end they are copied to the scratch bytes at the end of ``mem`` (``have`` > 0: the
-    first ``have`` are there already, fetch the rest from the next page). The tag and page
-    are for the run loop's one-entry code cache (tag -1: do not cache). Available -1: the
+    They are copied to the scratch bytes at the end of ``mem``: the rest of this page,
+    or (``have`` > 0: the first ``have`` are there already) the start of the next. An
+    instruction wholly inside a page is read in place by the run loop. Available -1: the
     fetch faulted (recorded in the state).
     """
     scratch_at = mem.size - SCRATCH_SIZE
-    paging = state[CR0] & CR0_PG
-    memsize = state[MEM_SIZE]
     lin = (eip + have) & MASK32
-    if paging:
+    if state[CR0] & CR0_PG:
         page = translate(mem, state, lin, False, user)
         if page < 0:
-            return 0, -1, -1, 0
+            return 0, -1
         end = 4096
     else:
-        if lin >= memsize:
+        if lin >= state[MEM_SIZE]:
             raise_fault(state, VECTOR_GP, 0)
-            return 0, -1, -1, 0
+            return 0, -1
         page = lin & PAGE_MASK
-        end = min(4096, memsize - page)
+        end = min(4096, state[MEM_SIZE] - page)
     host = state[MEM_BASE] + page
     offset = lin & 0xFFF
-    if have == 0 and offset + MAX_INSTRUCTION <= end:
-        tag = eip >> 12 if end == 4096 else -1  # cache only whole pages
-        return host + offset, MAX_INSTRUCTION, tag, host
     n = min(end - offset, MAX_INSTRUCTION - have)
     for k in range(MAX_INSTRUCTION - have):
         mem[scratch_at + have + k] = mem[host + offset + k] if k < n else 0
-    return scratch_at, have + n, -1, 0
+    return scratch_at, have + n
 
 
 @jit(types.UniTuple(i64, 3)(Mem, State, i64, i64, i64, i64, b1, i64))
@@ -512,21 +506,24 @@ def run(state, mem, budget):
     events = 0  # exceptions and interrupts delivered: they count against the budget too
     cycles = 0
     reason = EXIT_NONE
-    walks_before = state[STAT_PAGE_WALKS]
+    walks_seen = state[STAT_PAGE_WALKS]
     # The timer, in cycles counted from this run's start; an IRQ may be waiting.
     timer_period = state[TIMER_PERIOD]
     tick_at = state[TIMER_NEXT] - state[CYCLES]
     irq_pending = irq_waiting(state)
     shadow = False  # the instruction after STI runs before interrupts are taken
-    # A one-entry cache of the page EIP is on: its tag (linear page) and host index.
-    code_tag = -1
-    code_host = 0
 
     while True:
         if count + events >= budget:
             reason = EXIT_BUDGET
             break
         # ---- 0. interrupts between instructions --------------------------------------------
+        # (page walks cost cycles; charge them here, before the timer looks at the cycles,
+        # so that where a run happens to stop never changes what the guest sees)
+        walks = state[STAT_PAGE_WALKS]
+        if walks != walks_seen:
+            cycles += (walks - walks_seen) * state[COST_PAGE_WALK]
+            walks_seen = walks
         if timer_period > 0 and cycles >= tick_at:
             state[PIC_IRR] |= 1  # IRQ 0
             while tick_at <= cycles:  # ticks missed while interrupts were off merge into one
@@ -543,7 +540,6 @@ def run(state, mem, budget):
                 )
                 cycles += state[COST_EXCEPTION]
                 events += 1
-                code_tag = -1
                 irq_pending = irq_waiting(state)
                 if outcome == EVENT_SHUTDOWN:
                     reason = EXIT_SHUTDOWN
@@ -567,12 +563,20 @@ def run(state, mem, budget):
         user = (state[CS] & 3) == 3
         fault = False
         trap = False  # INT3 and INT n complete before their exception (EIP after them)
+        # Fetch from where the bytes are when the instruction lies inside one page and the
+        # TLB (or, paging off, the window) says so; else fetch() copies them to scratch.
         offset = eip & 0xFFF
-        if eip >> 12 == code_tag and offset <= 4096 - MAX_INSTRUCTION:
-            p = code_host + offset
+        page = -1
+        if offset <= 4096 - MAX_INSTRUCTION:
+            if state[CR0] & CR0_PG:
+                page = tlb_lookup(state, eip, False, user)
+            elif eip + MAX_INSTRUCTION <= memsize:
+                page = eip - offset
+        if page >= 0:
+            p = membase + page + offset
             avail = MAX_INSTRUCTION
         else:
-            p, avail, code_tag, code_host = fetch(mem, state, eip, user, 0)
+            p, avail = fetch(mem, state, eip, user, 0)
         if avail < 0:
             fault = True
             length, op, rep, mod, reg, rm, ea, imm = 0, 0, 0, 0, 0, 0, 0, 0
@@ -580,7 +584,7 @@ def run(state, mem, budget):
             length, op, rep, mod, reg, rm, ea, imm = decode(mem, p, state, OPINFO)
             if avail < MAX_INSTRUCTION and (length == 0 or length > avail):
                 # the instruction runs on into the next page (or past the end of memory)
-                p, avail, code_tag, code_host = fetch(mem, state, eip, user, avail)
+                p, avail = fetch(mem, state, eip, user, avail)
                 if avail < 0:
                     fault = True
                 else:
@@ -988,7 +992,6 @@ def run(state, mem, budget):
                 fault = True
             else:
                 eip, flags, lop = new_eip, new_flags, LOP_NONE
-                code_tag = -1
                 irq_pending = irq_waiting(state)
         elif handler == H_SYSTEM:
             # 0F 01  SGDT SIDT LGDT LIDT SMSW INVLPG;  0F 00  SLDT STR LTR;  0F 20/22  MOV CRn;
@@ -996,8 +999,6 @@ def run(state, mem, budget):
             status = system_instruction(mem, state, op, mod, reg, rm, ea, src, user)
             if status == SYSTEM_FAULT:
                 fault = True
-            elif status == SYSTEM_NEW_TRANSLATIONS:
-                code_tag = -1
             elif status == SYSTEM_SHADOW:
                 shadow = True  # after MOV SS, interrupts wait one instruction
             elif status == SYSTEM_EXIT_CPUID:
@@ -1021,7 +1022,6 @@ def run(state, mem, budget):
             outcome, eip, flags = raise_event(
                 mem, state, state[FAULT_VECTOR], state[FAULT_ERROR], eip, flags, trap, start
             )
-            code_tag = -1
             if outcome == EVENT_EXIT:
                 reason = EXIT_FAULT
                 break
@@ -1045,7 +1045,7 @@ def run(state, mem, budget):
         if reason != EXIT_NONE:
             break
 
-    cycles += (state[STAT_PAGE_WALKS] - walks_before) * state[COST_PAGE_WALK]
+    cycles += (state[STAT_PAGE_WALKS] - walks_seen) * state[COST_PAGE_WALK]
     state[EIP] = eip
     state[EFLAGS] = materialize(lop, la, lb, lres, lmask, flags) | EFLAGS_FIXED
     state[TIMER_NEXT] = state[CYCLES] + tick_at

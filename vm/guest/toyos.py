@@ -82,14 +82,19 @@ class ToyOS:
         timer_divisor: int = 20000,
         cost: CostModel = DEFAULT,
         defines: tuple[str, ...] = (),
+        machine: Machine | None = None,
     ) -> None:
+        """``machine``: run on this one (e.g. a window of a Host) instead of a new one."""
         if workload not in PROGRAMS:
             raise ValueError(f"no workload {workload!r}; choose one of {', '.join(WORKLOADS)}")
         if not 1000 <= timer_divisor <= 0xFFFF:
             raise ValueError("timer_divisor must be from 1000 to 65535 cycles")
         self.kernel, self.user = build(tuple(defines))
         self.workload = workload
-        self.machine = m = Machine(memory_size=memory_size, cost=cost)
+        if machine is None:
+            machine = Machine(memory_size=memory_size, cost=cost)
+        memory_size = machine.memory_size
+        self.machine = m = machine
         m.load(KERNEL_ADDRESS, self.kernel.code)
         m.load(USER_IMAGE_ADDRESS, self.user.code)
         size = len(self.user.code)

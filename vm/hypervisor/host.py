@@ -1,0 +1,40 @@
+"""A host: one physical memory, carved into windows, one per guest machine.
+
+Each guest is a Machine whose guest-physical memory is a window [base, base + size) of
+the host's array; the core checks every physical access of a guest, page-table walks
+included, against its window, so no guest reaches another's memory or the host's,
+whatever it puts in its page tables. The VMMs of vm.hypervisor build on this.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vm.cpu import state as S
+from vm.cpu.cost import DEFAULT, CostModel
+from vm.machine import Machine
+
+PAGE = 4096
+
+
+class Host:
+    """Physical memory shared by several guest machines."""
+
+    def __init__(self, memory_size: int = 64 << 20) -> None:
+        if not isinstance(memory_size, int) or not PAGE <= memory_size <= 4 << 30:
+            raise ValueError("a host has from 4 KiB to 4 GiB of memory")
+        self.memory = np.zeros(memory_size + S.SCRATCH_SIZE, dtype=np.uint8)
+        self.memory_size = memory_size
+        self.machines: list[Machine] = []
+        self._next = 0
+
+    def new_machine(self, memory_size: int, cost: CostModel = DEFAULT) -> Machine:
+        """A guest machine with memory_size bytes of the host's memory (page-aligned)."""
+        size = -(-memory_size // PAGE) * PAGE
+        if self._next + size > self.memory_size:
+            free = self.memory_size - self._next
+            raise ValueError(f"the host has {free:,} bytes left, not {size:,}")
+        machine = Machine(memory_size=size, cost=cost, host_memory=self.memory, base=self._next)
+        self._next += size
+        self.machines.append(machine)
+        return machine
