@@ -27,7 +27,7 @@ def test_run_json_is_one_object():
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["mode"] == "native" and report["status"] == "shutdown"
-    assert "compute: checksum 25c31543" in report["console"]
+    assert "compute: checksum c71365d3" in report["console"]
     assert report["stats"]["instructions"] > 1_000_000
 
 

@@ -26,6 +26,7 @@ from systables import (
 
 from vm.cpu import state as S
 from vm.cpu.exits import ExitReason
+from vm.machine import Machine
 
 CODE = 0x3000
 HANDLER = 0x4000
@@ -392,3 +393,31 @@ def test_random_system_state_never_crashes_or_hangs_the_host():
             if ex.reason == ExitReason.IO and ex.is_in:
                 m.complete_in(0)
         assert m.instructions <= 4 * 3000
+
+
+def test_exit_on_interrupt_hands_every_tick_to_the_vmm_even_with_if_clear():
+    m = Machine()
+    m.load_asm(
+        """
+        mov al, 0x34
+        out 0x43, al
+        mov al, 100     ; divisor 100 PIT counts
+        out 0x40, al
+        mov al, 0
+        out 0x40, al
+        mov al, 0xfe    ; IRQ 0 only
+        out 0x21, al
+        cli
+    spin:
+        jmp spin
+        """
+    )
+    m.state[S.EXIT_CONTROLS] = S.EXIT_ON_INTERRUPT
+    m.state[S.TIMER_SCALE] = 10  # 10 cycles per PIT count: a tick every 1000 cycles
+    first = m.run(10_000)
+    assert first.reason == ExitReason.INTERRUPT and first.vector == 0x20
+    assert m.eflags & S.FLAG_IF == 0 and m.state[S.PIC_ISR] == 0  # not delivered, not in service
+    at = m.cycles
+    second = m.run(10_000)
+    assert second.reason == ExitReason.INTERRUPT and m.cycles - at == 1000
+    assert str(second).startswith("INTERRUPT vector 0x20")

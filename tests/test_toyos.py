@@ -8,7 +8,7 @@ from vm.cpu.exits import ExitReason
 from vm.guest.toyos import WORKLOADS, ToyOS
 
 EXPECTED = {
-    "compute": "compute: checksum 25c31543",
+    "compute": "compute: checksum c71365d3",
     "syscalls": "syscalls: 2000 getpid calls",
     "spawn": "spawn: 20 children, exit codes sum to 210",
     "pagetable": "pagetable: 50 map/unmap rounds, sum 00038e28",
@@ -27,7 +27,16 @@ def test_each_workload_prints_its_result_and_shuts_down(workload):
     assert any(line.startswith(EXPECTED[workload]) for line in lines), result.console
     code = 4294967295 if workload == "faulty" else 0  # a killed process exits with -1
     assert lines[-2:] == [f"init: workload exited with {code}", "toyos: halt"]
-    assert result.stats["interrupts"] > 0  # the timer preempted someone
+
+
+def test_the_timer_preempts_a_long_computation_and_wakes_sleepers():
+    # A tick every 1,000,000 cycles (toyos.CYCLES_PER_PIT_COUNT): the 38 M cycles of
+    # compute see dozens; the sleeper's sleep(3) needs three, taken in the idle loop's HLT.
+    compute = ToyOS("compute").run()
+    assert compute.stats["interrupts"] >= 30
+    assert compute.stats["cycles"] // 1_000_000 - compute.stats["interrupts"] in range(3)
+    sleeper = ToyOS("sleeper").run()
+    assert sleeper.ok and sleeper.stats["interrupts"] >= 3
 
 
 def test_a_faulting_process_does_not_take_the_others_down():

@@ -73,6 +73,8 @@ class Exit(NamedTuple):
         if self.reason == ExitReason.FAULT:
             code = f"({self.error_code:#x})" if self.error_code >= 0 else ""
             return f"{self.reason.name} {vector_name(self.vector)}{code} {where}"
+        if self.reason == ExitReason.INTERRUPT:
+            return f"INTERRUPT vector {self.vector:#x} {where}"
         if self.reason == ExitReason.CR_ACCESS:
             gpr = S.REG_NAMES[self.register]
             if self.is_in:
@@ -349,6 +351,8 @@ class Machine:
             )
         if reason == ExitReason.FAULT:
             return Exit(reason, eip, slots[at + S.EXIT_VECTOR], slots[at + S.EXIT_ERROR])
+        if reason == ExitReason.INTERRUPT:
+            return Exit(reason, eip, slots[at + S.EXIT_VECTOR])
         if reason == ExitReason.CR_ACCESS:
             return Exit(
                 reason,

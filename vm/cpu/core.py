@@ -52,7 +52,7 @@ from vm.cpu.decode import (
     decode_again,
     effective_address,
 )
-from vm.cpu.devices import acknowledge_irq, device_io, irq_waiting, is_core_port
+from vm.cpu.devices import acknowledge_irq, device_io, irq_waiting, is_core_port, take_irq
 from vm.cpu.exits import (
     EXIT_BREAKPOINT,
     EXIT_BUDGET,
@@ -60,6 +60,7 @@ from vm.cpu.exits import (
     EXIT_CR_ACCESS,
     EXIT_FAULT,
     EXIT_HALT,
+    EXIT_INTERRUPT,
     EXIT_IO,
     EXIT_NONE,
     EXIT_SHUTDOWN,
@@ -115,6 +116,7 @@ from vm.cpu.state import (
     EXIT_ERROR,
     EXIT_IS_IN,
     EXIT_ON_HLT,
+    EXIT_ON_INTERRUPT,
     EXIT_ON_IO,
     EXIT_ON_SOFT_INT,
     EXIT_PORT,
@@ -134,6 +136,7 @@ from vm.cpu.state import (
     MEM_SIZE,
     N_BREAKPOINTS,
     PIC_IRR,
+    PIC_VECTOR_BASE,
     SCRATCH_SIZE,
     SKIP_BREAKPOINT,
     STAT_INTERRUPTS,
@@ -529,6 +532,11 @@ def run(state, mem, budget):
             while tick_at <= cycles:  # ticks missed while interrupts were off merge into one
                 tick_at += timer_period
             irq_pending = irq_waiting(state)
+        if irq_pending and controls & EXIT_ON_INTERRUPT:  # the VMM takes every IRQ, IF or not
+            irq = take_irq(state)
+            state[EXIT_VECTOR] = state[PIC_VECTOR_BASE] + irq
+            reason = EXIT_INTERRUPT
+            break
         if irq_pending and flags & FLAG_IF and not shadow:
             vector = acknowledge_irq(state)
             if vector >= 0:

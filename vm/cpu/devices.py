@@ -8,8 +8,8 @@ PIC (like the 8259A's master, simplified): IRQ n arrives as vector PIC_VECTOR_BA
   port 0x21  read/write: the interrupt mask (bit n set = IRQ n masked)
 PIT (like the 8253's channel 0, rate generator only): counts simulated cycles.
   port 0x43  write: start a new divisor (the mode byte itself is ignored)
-  port 0x40  write: the divisor, low byte then high byte; IRQ 0 every divisor cycles
-             (0 means 65536)
+  port 0x40  write: the divisor, low byte then high byte; IRQ 0 every divisor PIT counts
+             (0 means 65536), one count every TIMER_SCALE cycles (1 at reset)
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from vm.cpu.state import (
     PIT_LATCH,
     TIMER_NEXT,
     TIMER_PERIOD,
+    TIMER_SCALE,
 )
 
 PIC_COMMAND = 0x20
@@ -59,8 +60,9 @@ def device_io(state, port, is_in, value, now):
             divisor = (latch & 0xFF) | ((value & 0xFF) << 8)
             if divisor == 0:
                 divisor = 65536
-            state[TIMER_PERIOD] = divisor
-            state[TIMER_NEXT] = now + divisor
+            period = divisor * max(1, state[TIMER_SCALE])
+            state[TIMER_PERIOD] = period
+            state[TIMER_NEXT] = now + period
             state[PIT_LATCH] = 0
         else:
             state[PIT_LATCH] = LOW_BYTE_SEEN | (value & 0xFF)
@@ -87,3 +89,14 @@ def acknowledge_irq(state):
     state[PIC_IRR] &= ~(1 << irq)
     state[PIC_ISR] |= 1 << irq
     return state[PIC_VECTOR_BASE] + irq
+
+
+@jit(i64(State))
+def take_irq(state):
+    """The lowest unmasked requested IRQ, taken off IRR without going in service (for a VMM)."""
+    ready = state[PIC_IRR] & ~state[PIC_IMR] & 0xFF
+    irq = 0
+    while irq < 7 and not (ready >> irq) & 1:
+        irq += 1
+    state[PIC_IRR] &= ~(1 << irq)
+    return irq

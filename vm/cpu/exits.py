@@ -15,6 +15,7 @@ EXIT_CPUID = 7
 EXIT_CR_ACCESS = 8
 EXIT_NESTED_PAGE_FAULT = 9
 EXIT_SHUTDOWN = 10
+EXIT_INTERRUPT = 11  # an external interrupt arrived (EXIT_ON_INTERRUPT): the VMM takes it
 
 
 class ExitReason(IntEnum):
@@ -31,3 +32,4 @@ class ExitReason(IntEnum):
     CR_ACCESS = EXIT_CR_ACCESS
     NESTED_PAGE_FAULT = EXIT_NESTED_PAGE_FAULT
     SHUTDOWN = EXIT_SHUTDOWN
+    INTERRUPT = EXIT_INTERRUPT

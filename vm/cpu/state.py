@@ -68,6 +68,7 @@ PIC_VECTOR_BASE = 42  # IRQ n arrives as vector PIC_VECTOR_BASE + n
 TIMER_PERIOD = 43  # cycles between timer ticks (IRQ 0); 0 = timer off
 TIMER_NEXT = 44  # CYCLES value of the next tick
 PIT_LATCH = 45  # PIT divisor being written: low byte, then high byte (bit 16: low seen)
+TIMER_SCALE = 46  # simulated CPU cycles per PIT count (the PIT's clock is slower than the CPU's)
 
 # Event costs in simulated cycles (set from a CostModel, vm.cpu.cost).
 COST_EXCEPTION = 47  # delivering an exception or interrupt through the IDT
@@ -121,6 +122,8 @@ EXIT_ON_HLT = 2
 EXIT_ON_CPUID = 4
 EXIT_ON_CR_ACCESS = 8
 EXIT_ON_SOFT_INT = 16  # INT n and INT3 exit (as FAULT) instead of going through the IDT
+EXIT_ON_INTERRUPT = 32  # an unmasked IRQ exits (INTERRUPT, whatever IF says) instead of being
+# delivered: the VMM owns the hardware's interrupts (VT-x's external-interrupt exiting)
 
 # EFLAGS bits.
 FLAG_CF = 0x001
@@ -151,5 +154,6 @@ def new_state() -> np.ndarray:
     state[EXIT_CONTROLS] = EXIT_ON_IO | EXIT_ON_HLT | EXIT_ON_SOFT_INT
     state[PIC_IMR] = 0xFF
     state[PIC_VECTOR_BASE] = 32
+    state[TIMER_SCALE] = 1
     state[TLB_TAGS : TLB_TAGS + TLB_ENTRIES] = -1
     return state

@@ -132,9 +132,19 @@ start:
     mov dword [procs+P_CR3], kernel_page_directory
     mov dword [procs+P_KSTACK], BOOT_STACK
 idle:
-    sti
-    hlt
-    jmp idle
+    sti                             ; the idle loop runs with interrupts on
+.loop:
+    pushfd                          ; local_irq_save: look at the run queue, ticks held off
+    cli
+    call any_ready
+    popfd                           ; local_irq_restore: interrupts on again
+    test eax, eax
+    jnz .yield
+    hlt                             ; nothing to run: sleep until the next tick
+    jmp .loop
+.yield:
+    call schedule
+    jmp .loop
 
 panic_no_memory:
     mov esi, msg_no_memory
@@ -257,10 +267,6 @@ isr_spurious:
     push 255
     jmp isr_common
 
-isr_table:
-    dd isr0, isr1, isr2, isr3, isr4, isr5, isr6, isr7, isr8, isr9
-    dd isr10, isr11, isr12, isr13, isr14, isr15, isr16, isr17, isr18, isr19
-
 isr_common:
     pushad
     mov ebp, esp
@@ -322,6 +328,8 @@ schedule:
     je .done
     mov edx, procs
 .switch:
+    cmp edx, ebx                    ; the same process again: nothing to switch
+    je .done
     mov [current], edx
     mov eax, [edx+P_KSTACK]
     mov [tss+4], eax                ; ESP0 for the next entry from ring 3
@@ -330,6 +338,21 @@ schedule:
     mov esp, [edx+P_ESP]
 .done:
     popfd                           ; like spin_unlock_irqrestore
+    ret
+
+; any_ready -> EAX = 1 when some process (not the idle loop) is READY, else 0.
+any_ready:
+    xor eax, eax
+    mov edx, procs + P_SIZE
+.next:
+    cmp dword [edx+P_STATE], READY
+    jne .skip
+    mov eax, 1
+    ret
+.skip:
+    add edx, P_SIZE
+    cmp edx, procs + P_SIZE * MAX_PROCS
+    jb .next
     ret
 
 wake_sleepers:
@@ -356,10 +379,6 @@ syscall:
 .bad:
     mov dword [ebp+F_EAX], -1
     jmp return_to_process
-
-syscall_table:
-    dd sys_exit, sys_write, sys_getpid, sys_yield, sys_sleep, sys_spawn, sys_wait
-    dd sys_map, sys_unmap
 
 sys_exit:
     mov eax, [ebp+F_EBX]
@@ -805,7 +824,18 @@ shutdown:
     cli
     hlt
 
+; Everything above is code, everything below data (a VMM's scanner reads the kernel's
+; text from start to text_end, as a loader would read an ELF's .text section).
+text_end:
+
 ; ---- data ------------------------------------------------------------------------------
+isr_table:
+    dd isr0, isr1, isr2, isr3, isr4, isr5, isr6, isr7, isr8, isr9
+    dd isr10, isr11, isr12, isr13, isr14, isr15, isr16, isr17, isr18, isr19
+syscall_table:
+    dd sys_exit, sys_write, sys_getpid, sys_yield, sys_sleep, sys_spawn, sys_wait
+    dd sys_map, sys_unmap
+
 gdt:
     dd 0, 0
     dd 0x0000ffff, 0x00cf9a00       ; 0x08 ring 0 code

@@ -75,7 +75,7 @@ all_workloads:
 
 ; ---- compute: integer work with no system calls (SPEC INT) ----------------------------------
 compute:
-    mov ecx, 300000
+    mov ecx, 3000000
     mov eax, 12345
     xor ebx, ebx
 .loop:
