@@ -60,6 +60,34 @@ def build(defines: tuple[str, ...] = ()) -> tuple[Program, Program]:
     return kernel, user
 
 
+def install(
+    machine: Machine,
+    workload: str,
+    ram_size: int,
+    timer_divisor: int = 20000,
+    defines: tuple[str, ...] = (),
+) -> tuple[Program, Program]:
+    """Load toyos (kernel, user image, boot arguments) into a machine's first ram_size bytes
+    and point EIP at the kernel; returns the kernel and user programs."""
+    if workload not in PROGRAMS:
+        raise ValueError(f"no workload {workload!r}; choose one of {', '.join(WORKLOADS)}")
+    if not 1000 <= timer_divisor <= 0xFFFF:
+        raise ValueError("timer_divisor must be from 1000 to 65535 PIT counts")
+    kernel, user = build(tuple(defines))
+    machine.load(KERNEL_ADDRESS, kernel.code)
+    machine.load(USER_IMAGE_ADDRESS, user.code)
+    boot = struct.pack("<IIII", PROGRAMS[workload], len(user.code), ram_size, timer_divisor)
+    machine.load(BOOT_ARGS, boot)
+    machine.eip = KERNEL_ADDRESS
+    machine.state[S.TIMER_SCALE] = CYCLES_PER_PIT_COUNT
+    return kernel, user
+
+
+def kernel_text(kernel: Program) -> tuple[int, int]:
+    """Where the kernel's code is: [start, text_end), as an ELF's .text would say."""
+    return kernel.origin, kernel.symbols["text_end"]
+
+
 @dataclass
 class RunResult:
     """What a toyos run did: how it ended, what it printed, and what it cost."""
@@ -88,25 +116,13 @@ class ToyOS:
         machine: Machine | None = None,
     ) -> None:
         """``machine``: run on this one (e.g. a window of a Host) instead of a new one."""
-        if workload not in PROGRAMS:
-            raise ValueError(f"no workload {workload!r}; choose one of {', '.join(WORKLOADS)}")
-        if not 1000 <= timer_divisor <= 0xFFFF:
-            raise ValueError("timer_divisor must be from 1000 to 65535 PIT counts")
-        self.kernel, self.user = build(tuple(defines))
-        self.workload = workload
         if machine is None:
             machine = Machine(memory_size=memory_size, cost=cost)
-        memory_size = machine.memory_size
         self.machine = m = machine
-        m.load(KERNEL_ADDRESS, self.kernel.code)
-        m.load(USER_IMAGE_ADDRESS, self.user.code)
-        size = len(self.user.code)
-        boot = struct.pack("<IIII", PROGRAMS[workload], size, memory_size, timer_divisor)
-        m.load(BOOT_ARGS, boot)
-        m.eip = KERNEL_ADDRESS
+        self.kernel, self.user = install(m, workload, m.memory_size, timer_divisor, defines)
+        self.workload = workload
         m.state[S.EXC_EXIT_BITMAP] = 0  # bare metal: the guest's IDT takes every exception
         m.state[S.EXIT_CONTROLS] = 0  # the PIC and PIT answer in the core
-        m.state[S.TIMER_SCALE] = CYCLES_PER_PIT_COUNT
         self.cost = cost
         self.console = Console()
 

@@ -1,0 +1,289 @@
+"""Shadow paging: the page tables the real CPU walks, built by the VMM from the guest's.
+
+The guest keeps its own page tables (guest virtual -> guest physical) and believes the CPU
+walks them. The CPU really walks shadow tables (guest virtual -> host physical) that the
+VMM fills lazily: a page fault on an address the guest maps is a *hidden* fault (the VMM
+copies the translation and the guest never knows); one the guest does not map is a *true*
+fault, reflected into the guest. The VMM write-protects every guest page that a shadow
+was built from, so a guest write to its own page tables traps; the VMM lets the write
+happen (one single-stepped instruction with the page briefly writable), then drops the
+shadow entries it made stale. A guest page table written many times in a row without
+being used ("write flooding", as KVM calls it) stops being shadowed.
+
+Every physical address here is a guest-physical one (an index into the VM's window).
+The shadow tables themselves live in the VMM's area above the guest's RAM, where the
+guest's own mappings can never point.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import numpy as np
+
+from vm.cpu import state as S
+
+PAGE = 4096
+P, RW, US, ACCESSED, DIRTY = 1, 2, 4, 0x20, 0x40
+VMM_DIRECTORY = 1023  # linear 0xFFC00000-0xFFFFFFFF: the VMM's, whatever the guest maps
+VMM_LINEAR = VMM_DIRECTORY << 22
+FLOOD_LIMIT = 8  # emulated writes in a row to one guest table before it is unshadowed
+
+HIDDEN, TRUE, TABLE_WRITE = "hidden", "true", "table write"
+
+
+class ShadowPager:
+    """The shadow page tables of one VM, and what the VMM knows about the guest's."""
+
+    def __init__(
+        self, window: np.ndarray, state: np.ndarray, ram_size: int, area: int, area_size: int
+    ):
+        self.words = window.view(np.uint32)  # the VM's memory as dwords (page tables)
+        self.state = state
+        self.ram_size = ram_size
+        self.area = area
+        self.vmm_page = area  # the VMM's descriptor tables (GDT, IDT, TSS)
+        self.vmm_table = area + PAGE  # maps the VMM's page at VMM_LINEAR, read-only
+        self.first_free = area + 2 * PAGE
+        self.area_end = area + area_size
+        self.counts: Counter = Counter()
+        self.words[self.vmm_table // 4] = self.vmm_page | P
+        self.reset()
+
+    # ---- bookkeeping --------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget every shadow (the pool ran dry): they are rebuilt lazily."""
+        self.free = list(range(self.area_end - PAGE, self.first_free - 1, -PAGE))
+        self.spaces: dict[int, int] = {}  # guest CR3 (-1: paging off) -> shadow directory
+        self.tables: dict[tuple[int, int], int] = {}  # (guest table or -1-dir, PDE bits) -> shadow
+        self.space_of_directory: dict[int, set[int]] = defaultdict(set)  # guest PD -> shadows
+        self.tables_of_guest: dict[int, set[int]] = defaultdict(set)  # guest PT -> shadows
+        self.users: dict[int, set[tuple[int, int]]] = defaultdict(set)  # shadow PT -> PDEs
+        self.writable: dict[int, set[tuple[int, int]]] = defaultdict(set)  # frame -> RW PTEs
+        self.flood: Counter = Counter()
+        self.current = -1
+        self.current_key = -2
+
+    def protected(self, frame: int) -> bool:
+        """Is this guest frame one of the guest's page tables that a shadow was built from?"""
+        return frame in self.space_of_directory or frame in self.tables_of_guest
+
+    def _alloc(self) -> int:
+        if not self.free:
+            self.counts["resets"] += 1
+            key = self.current_key
+            self.reset()
+            self.switch(key)  # (the caller retries the fault)
+            raise MemoryError
+        frame = self.free.pop()
+        self.words[frame // 4 : frame // 4 + 1024] = 0
+        return frame
+
+    def _protect(self, frame: int) -> None:
+        """Make every writable shadow mapping of a guest frame read-only."""
+        for table, index in self.writable.pop(frame, ()):
+            self.words[table // 4 + index] &= 0xFFFFFFFF ^ RW
+        self.flush_tlb()
+
+    def flush_tlb(self) -> None:
+        self.state[S.TLB_TAGS : S.TLB_TAGS + S.TLB_ENTRIES] = -1
+
+    # ---- address spaces ---------------------------------------------------------------------
+    def switch(self, guest_cr3: int) -> None:
+        """Run on the shadow of the guest directory at guest_cr3 (-1: the guest's paging is off)."""
+        key = guest_cr3 & ~0xFFF if guest_cr3 >= 0 else -1
+        directory = self.spaces.get(key)
+        if directory is None:
+            try:
+                directory = self._alloc()
+            except MemoryError:  # the pool was reset: build this one in the fresh pool
+                directory = self.spaces.get(key) or self._alloc()
+            if key in self.spaces:
+                self.current, self.current_key = directory, key
+                self.state[S.CR3] = directory
+                self.flush_tlb()
+                return
+            self.words[directory // 4 + VMM_DIRECTORY] = self.vmm_table | P
+            self.spaces[key] = directory
+            if key >= 0:
+                self.space_of_directory[key].add(directory)
+                self._protect(key)
+            self.counts["spaces built"] += 1
+        self.current, self.current_key = directory, key
+        self.state[S.CR3] = directory
+        self.flush_tlb()
+
+    def _table_for(self, key: tuple[int, int]) -> int:
+        table = self.tables.get(key)
+        if table is None:
+            table = self._alloc()
+            self.tables[key] = table
+            if key[0] >= 0:
+                self.tables_of_guest[key[0]].add(table)
+                self._protect(key[0])
+            self.counts["tables built"] += 1
+        return table
+
+    # ---- the guest's tables ---------------------------------------------------------------
+    def read(self, address: int) -> int:
+        """A dword of guest-physical memory (-1 outside the guest's RAM)."""
+        if not 0 <= address <= self.ram_size - 4:
+            return -1
+        return int(self.words[address >> 2])
+
+    def guest_walk(self, linear: int, cr3: int) -> tuple[int, int, int, int]:
+        """(PDE address, PDE, PTE address, PTE) of linear in the guest's tables (-1: none)."""
+        pde_at = (cr3 & ~0xFFF) + 4 * (linear >> 22)
+        pde = self.read(pde_at)
+        if pde < 0 or not pde & P:
+            return pde_at, pde, -1, -1
+        pte_at = (pde & ~0xFFF) + 4 * ((linear >> 12) & 0x3FF)
+        return pde_at, pde, pte_at, self.read(pte_at)
+
+    # ---- page faults --------------------------------------------------------------------------
+    def page_fault(self, linear: int, error: int, paging: bool, cr3: int) -> tuple[str, int]:
+        """Handle a real #PF -> (HIDDEN, 0), (TABLE_WRITE, guest frame) or (TRUE, guest error)."""
+        try:
+            return self._page_fault(linear, error, paging, cr3)
+        except MemoryError:
+            return self._page_fault(linear, error, paging, cr3)
+
+    def _page_fault(self, linear: int, error: int, paging: bool, cr3: int) -> tuple[str, int]:
+        write, user = bool(error & 2), bool(error & 4)
+        directory_index, index = linear >> 22, (linear >> 12) & 0x3FF
+        if directory_index == VMM_DIRECTORY:  # the VMM's range: never the guest's
+            return TRUE, error & 6
+        if not paging:
+            frame, rights, key = linear & ~0xFFF, RW | US, (-1 - directory_index, 0)
+            if frame >= self.ram_size:
+                return TRUE, error & 6
+            dirty = True
+        else:
+            pde_at, pde, pte_at, pte = self.guest_walk(linear, cr3)
+            if pde < 0 or pte < 0 or not pde & P or not pte & P:
+                return TRUE, error & 6
+            rights = pde & pte & (RW | US)
+            if (user and not rights & US) or (write and not rights & RW):
+                return TRUE, (error & 6) | P  # (the guest's CR0.WP is taken as set)
+            frame = pte & ~0xFFF
+            if frame >= self.ram_size or (pde & ~0xFFF) >= self.ram_size:
+                return TRUE, (error & 6) | P  # outside its RAM: refused
+            self.words[pde_at >> 2] = pde | ACCESSED
+            pte |= ACCESSED | (DIRTY if write else 0)
+            self.words[pte_at >> 2] = pte
+            dirty = bool(pte & DIRTY)
+            key = (pde & ~0xFFF, pde & (RW | US))
+            self.flood[pde & ~0xFFF] = 0
+            self.flood[cr3 & ~0xFFF] = 0
+        if write and self.protected(frame):
+            return TABLE_WRITE, frame
+        table = self._table_for(key)
+        slot = self.current // 4 + directory_index
+        if self.words[slot] != table | P | RW | US:
+            self.words[slot] = table | P | RW | US
+            self.users[table].add((self.current, directory_index))
+        writable = rights & RW and dirty and not self.protected(frame)
+        self.words[table // 4 + index] = frame | P | (rights & US) | (RW if writable else 0)
+        if writable:
+            self.writable[frame].add((table, index))
+        self.flush_tlb()
+        self.counts["hidden faults"] += 1
+        return HIDDEN, 0
+
+    def shadow_entry(self, linear: int) -> int:
+        """The address of linear's PTE in the current shadow, or -1."""
+        pde = int(self.words[self.current // 4 + (linear >> 22)])
+        if not pde & P or linear >> 22 == VMM_DIRECTORY:
+            return -1
+        return (pde & ~0xFFF) + 4 * ((linear >> 12) & 0x3FF)
+
+    # ---- the guest changed its tables --------------------------------------------------------
+    def table_written(self, frame: int, before: np.ndarray) -> int:
+        """The guest wrote its table at frame (was ``before``): drop stale shadow entries."""
+        after = self.words[frame // 4 : frame // 4 + 1024]
+        changed = np.flatnonzero(before != after)
+        for directory in self.space_of_directory.get(frame, ()):
+            for i in changed:
+                if i != VMM_DIRECTORY:
+                    self._unlink(directory, int(i))
+        for table in self.tables_of_guest.get(frame, ()):
+            for i in changed:
+                self._clear(table, int(i))
+        self.flood[frame] += 1
+        if self.flood[frame] >= FLOOD_LIMIT and frame != self.current_key:
+            self.unshadow(frame)
+        self.flush_tlb()
+        self.counts["table writes"] += 1
+        return len(changed)
+
+    def _unlink(self, directory: int, i: int) -> None:
+        slot = directory // 4 + i
+        entry = int(self.words[slot])
+        if entry & P:
+            self.users[entry & ~0xFFF].discard((directory, i))
+            self.words[slot] = 0
+
+    def _clear(self, table: int, i: int) -> None:
+        slot = table // 4 + i
+        entry = int(self.words[slot])
+        if entry & RW:
+            self.writable[entry & ~0xFFF].discard((table, i))
+        self.words[slot] = 0
+
+    def unshadow(self, frame: int) -> None:
+        """Stop shadowing a guest table (it is being reused as something else)."""
+        self.counts["unshadowed"] += 1
+        for directory in self.space_of_directory.pop(frame, ()):
+            self.spaces.pop(frame, None)
+            for i in range(VMM_DIRECTORY):
+                self._unlink(directory, i)
+            self.free.append(directory)
+        for table in self.tables_of_guest.pop(frame, ()):
+            for key in [k for k, v in self.tables.items() if v == table]:
+                del self.tables[key]
+            for directory, i in list(self.users.pop(table, ())):
+                self._unlink(directory, i)
+            for i in range(1024):
+                self._clear(table, i)
+            self.free.append(table)
+        self.flood.pop(frame, None)
+
+    def invlpg(self, linear: int) -> None:
+        """INVLPG: forget the shadow entry of one page."""
+        entry = self.shadow_entry(linear)
+        if entry >= 0:
+            self._clear(entry & ~0xFFF, (entry & 0xFFF) // 4)
+        self.flush_tlb()
+        self.counts["invlpg"] += 1
+
+    # ---- checking ------------------------------------------------------------------------------
+    def mismatches(self, paging: bool, cr3: int) -> list[str]:
+        """Shadow entries of the current space that the guest's own tables do not imply."""
+        problems = []
+        words = self.words
+        for d in range(VMM_DIRECTORY):
+            pde = int(words[self.current // 4 + d])
+            if not pde & P:
+                continue
+            table = pde & ~0xFFF
+            for i in np.flatnonzero(words[table // 4 : table // 4 + 1024] & P):
+                linear = (d << 22) | (int(i) << 12)
+                entry = int(words[table // 4 + i])
+                frame = entry & ~0xFFF
+                if not paging:
+                    want, rights = linear, RW | US
+                else:
+                    _, gpde, _, gpte = self.guest_walk(linear, cr3)
+                    if gpde < 0 or gpte < 0 or not gpde & P or not gpte & P:
+                        problems.append(f"{linear:#x}: shadowed but not mapped by the guest")
+                        continue
+                    want, rights = gpte & ~0xFFF, gpde & gpte & (RW | US)
+                if frame != want:
+                    problems.append(f"{linear:#x}: shadow frame {frame:#x}, guest's {want:#x}")
+                if entry & US != rights & US or (entry & RW and not rights & RW):
+                    problems.append(f"{linear:#x}: shadow rights {entry & 7:#x} exceed {rights:#x}")
+                if entry & RW and self.protected(frame):
+                    problems.append(f"{linear:#x}: maps a guest page table writable")
+                if frame >= self.ram_size:
+                    problems.append(f"{linear:#x}: maps {frame:#x}, outside the guest's RAM")
+        return problems

@@ -1,0 +1,546 @@
+"""Full virtualization of the unmodified toyos kernel: trap-and-emulate, and its repairs.
+
+The guest kernel runs at ring 1 (ring compression), its user code at ring 3. The VMM owns
+the real IDT (every exception, interrupt and INT n exits to it), the real GDT (the guest's,
+with ring 0 turned into ring 1), and the real page tables (shadow paging). Each exit has a
+small handler below:
+
+- #GP from the guest kernel: a privileged instruction. The VMM decodes it at the guest's
+  EIP and carries it out on the vCPU (CLI, STI, HLT, IN/OUT, MOV CRn, LGDT, LIDT, LTR,
+  INVLPG, MOV SS, and IRET back into the kernel).
+- #PF: shadow paging decides: a hidden fault (fill the shadow), a write to a guest page
+  table (let it through, update the shadow), or a true fault (reflect it to the guest).
+- any other exception, and INT n: reflected into the guest kernel through its own IDT.
+- INTERRUPT: the real timer ticked; the tick waits in the virtual PIC until the guest's
+  virtual IF lets the VMM inject it.
+
+x86 is not classically virtualizable: POPF, PUSHF and IRET at ring 1 neither trap nor do
+what the guest meant with IF. ``patch=True`` (the default) replaces the kernel's PUSHF,
+POPF and IRET with INT3, which traps, at load time; ``patch=False`` shows the failure (the
+VMM watches the POPF sites only to say which one lost the guest's interrupts). The
+binary-translation mode (VMware's approach, in miniature) rewrites every sensitive or
+privileged instruction of the kernel into a callout to the VMM, charged as a translated
+callout rather than a trap.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vm.cpu import state as S
+from vm.cpu.cost import DEFAULT, CostModel
+from vm.cpu.exits import ExitReason
+from vm.hypervisor.decoder import Instruction, decode, effective_address, instruction_length
+from vm.hypervisor.shadow import HIDDEN, TABLE_WRITE, VMM_LINEAR, ShadowPager
+from vm.hypervisor.vmm import NO_ERROR_CODE, VM, VMStopped, exit_name
+from vm.machine import Machine, vector_name
+
+VMM_AREA = 1 << 20  # the VMM's memory above each guest's RAM: descriptor tables, shadows
+GDT_OFFSET, TSS_OFFSET, IDT_OFFSET = 0, 0x700, 0x800  # in the VMM's page at VMM_LINEAR
+RING1_CODE, RING1_DATA = 0x09, 0x11  # the reset GDT's flat segments, at ring 1
+SAFE_FLAGS = 0x00254FD5  # what POPF and IRET may change (not IF, IOPL, VM)
+HANG_TICKS = 5  # ticks a halted vCPU with IF clear is given before the VMM calls it a hang
+
+# What each patching strategy rewrites in the guest kernel's text.
+PATCHED = frozenset({"pushf", "popf", "iret"})  # sensitive and silent at ring 1
+TRANSLATED = PATCHED | {
+    "cli", "sti", "hlt", "in", "out", "mov_to_cr", "mov_from_cr", "lgdt", "lidt", "ltr",
+    "invlpg", "mov_to_sreg", "sgdt", "sidt", "smsw", "str", "sldt",
+}  # fmt: skip
+
+
+class TrapEmulateVM(VM):
+    """A VMM that deprivileges the guest kernel and emulates what traps."""
+
+    mode = "trap-emulate"
+
+    def __init__(
+        self,
+        machine: Machine,
+        ram_size: int,
+        cost: CostModel = DEFAULT,
+        name: str = "vm",
+        kernel_text: tuple[int, int] | None = None,
+        patch: bool = True,
+    ) -> None:
+        super().__init__(machine, cost, name)
+        if machine.memory_size < ram_size + VMM_AREA:
+            raise ValueError("the machine needs VMM_AREA bytes above the guest's RAM")
+        self.ram_size = ram_size
+        self.patch = patch
+        st = self.state
+        self.shadow = ShadowPager(machine.window, st, ram_size, ram_size, VMM_AREA)
+        self.words = self.shadow.words
+        self.window = machine.window
+        # The real CPU: ring 1, paging on (shadow tables), every event exits to the VMM.
+        self.gdt = np.zeros(256 * 2, dtype=np.uint32)
+        self.gdt[2:6] = (0x0000FFFF, 0x00CFBA00, 0x0000FFFF, 0x00CFB200)  # ring 1 code, data
+        self._install_gdt(0x17)
+        st[S.IDTR_BASE] = VMM_LINEAR + IDT_OFFSET
+        st[S.IDTR_LIMIT] = 0x7FF
+        st[S.TSS_BASE] = VMM_LINEAR + TSS_OFFSET
+        st[S.CS] = RING1_CODE
+        for slot in (S.SS, S.DS, S.ES, S.FS, S.GS):
+            st[slot] = RING1_DATA
+        st[S.CR0] = S.CR0_PE | S.CR0_PG | S.CR0_WP
+        st[S.EFLAGS] = S.EFLAGS_FIXED | S.FLAG_IF
+        st[S.EXC_EXIT_BITMAP] = 0xFFFFFFFF
+        st[S.EXIT_CONTROLS] = S.EXIT_ON_SOFT_INT | S.EXIT_ON_INTERRUPT | S.EXIT_ON_HLT
+        st[S.PIC_IMR] = 0xFF
+        self.shadow.switch(-1)
+        self.sites: dict[int, Instruction] = {}
+        self.last_cli = -1
+        self.lost_enable = -1
+        self.check_shadow = False  # tests: compare the shadow with the guest's tables each exit
+        self.decoded: dict[bytes, Instruction | None] = {}
+        if kernel_text is not None:
+            self.prepare_kernel(*kernel_text)
+
+    # ---- load time: patching -------------------------------------------------------------
+    def scan(self, start: int, end: int, wanted: frozenset[str]) -> dict[int, Instruction]:
+        """The instructions in [start, end) of guest memory whose mnemonic is wanted."""
+        found = {}
+        at = start
+        code = self.window[start : end + 16].tobytes()
+        while at < end:
+            chunk = code[at - start : at - start + 16]
+            length = instruction_length(chunk)
+            if length == 0:
+                raise ValueError(f"the kernel's text has bytes the CPU cannot decode at {at:#x}")
+            ins = decode(chunk)
+            if ins is not None and ins.mnemonic in wanted and ins.length == length:
+                found[at] = ins
+            at += length
+        return found
+
+    def prepare_kernel(self, start: int, end: int) -> None:
+        """Rewrite the sensitive sites of the kernel's text (or, unpatched, watch its POPFs)."""
+        if not self.patch:
+            for address in self.scan(start, end, frozenset({"popf"})):
+                self.machine.add_breakpoint(address)
+            return
+        self.sites = self.scan(start, end, self.rewritten)
+        for address, ins in self.sites.items():
+            self.window[address : address + ins.length] = 0xCC  # INT3: it traps
+        self.record("patch", f"{len(self.sites)} sites rewritten to INT3 in {start:#x}..{end:#x}")
+
+    rewritten = PATCHED
+
+    # ---- guest memory, as the guest sees it ----------------------------------------------------
+    def translate(self, linear: int, write: bool = False) -> int:
+        """The guest-physical address of a guest linear address (-1: the guest maps none)."""
+        v = self.vcpu
+        if not v.paging:
+            return linear if 0 <= linear < self.ram_size else -1
+        _, pde, _, pte = self.shadow.guest_walk(linear, v.cr3)
+        if pde < 0 or pte < 0 or not pde & pte & 1:
+            return -1
+        frame = pte & ~0xFFF
+        return frame | (linear & 0xFFF) if frame < self.ram_size else -1
+
+    def read_linear(self, linear: int, size: int = 4) -> int:
+        physical = self.translate(linear)
+        if physical < 0 or (physical & 0xFFF) + size > 4096:
+            if physical >= 0:
+                return int.from_bytes(self.read_bytes(linear, size), "little")
+            raise VMStopped("fault", f"the VMM cannot read guest address {linear:#x}")
+        return int.from_bytes(self.window[physical : physical + size].tobytes(), "little")
+
+    def read_bytes(self, linear: int, size: int) -> bytes:
+        out = bytearray()
+        for k in range(size):
+            physical = self.translate(linear + k)
+            if physical < 0:
+                break
+            out.append(int(self.window[physical]))
+        return bytes(out)
+
+    def write_linear(self, linear: int, value: int, size: int = 4) -> None:
+        for k, byte in enumerate((value & 0xFFFFFFFF).to_bytes(4, "little")[:size]):
+            physical = self.translate(linear + k, write=True)
+            if physical < 0:
+                raise VMStopped("fault", f"the VMM cannot write guest address {linear:#x}")
+            self.window[physical] = byte
+
+    # ---- the vCPU's view of the real registers ----------------------------------------------
+    def virtual_eflags(self) -> int:
+        flags = int(self.state[S.EFLAGS]) & ~S.FLAG_IF
+        return flags | (S.FLAG_IF if self.vcpu.vif else 0)
+
+    def set_flags_from_guest(self, value: int) -> None:
+        """POPF/IRET as the guest meant them: IF goes to the vCPU, the real IF stays on."""
+        self.vcpu.vif = bool(value & S.FLAG_IF)
+        real = int(self.state[S.EFLAGS])
+        self.state[S.EFLAGS] = (real & ~SAFE_FLAGS) | (value & SAFE_FLAGS) | S.FLAG_IF | 2
+
+    @staticmethod
+    def guest_selector(real: int) -> int:
+        """A selector as the guest sees it: its kernel's ring 1 shows as ring 0."""
+        return real & ~3 if real & 3 == 1 else real
+
+    # ---- descriptor tables ---------------------------------------------------------------------
+    def _install_gdt(self, limit: int) -> None:
+        page = self.shadow.vmm_page
+        raw = self.gdt.view(np.uint8)
+        self.window[page + GDT_OFFSET : page + GDT_OFFSET + raw.size] = raw
+        self.state[S.GDTR_BASE] = VMM_LINEAR + GDT_OFFSET
+        self.state[S.GDTR_LIMIT] = min(limit, raw.size - 1)
+
+    def load_gdt(self, base: int, limit: int) -> None:
+        """LGDT: the real GDT becomes the guest's, its ring 0 segments moved to ring 1."""
+        self.vcpu.gdtr = (base, limit)
+        count = min((limit + 1) // 8, 256)
+        self.gdt[:] = 0
+        for i in range(1, count):
+            low, high = self.read_linear(base + 8 * i), self.read_linear(base + 8 * i + 4)
+            if high & 0x1000 and (high >> 13) & 3 == 0:  # a code or data segment at ring 0
+                high |= 1 << 13
+            self.gdt[2 * i : 2 * i + 2] = (low, high)
+        self._install_gdt(limit)
+
+    # ---- entering the guest --------------------------------------------------------------------
+    def before_entry(self) -> None:
+        """Inject a virtual interrupt when the guest's IF allows it."""
+        if self.vcpu.vif or int(self.state[S.CS]) & 3 == 3:
+            vector = self.pic.deliverable()
+            if vector >= 0:
+                self.pic.acknowledge(vector)
+                self.acct.injected += 1
+                self.record(
+                    "inject", f"virtual IRQ {vector - self.pic.vector_base} as vector {vector:#x}"
+                )
+                self.reflect(vector, NO_ERROR_CODE, int(self.state[S.EIP]))
+
+    def reflect(self, vector: int, error: int, return_eip: int, software: bool = False) -> None:
+        """Deliver an exception or interrupt to the guest kernel through its own IDT."""
+        st, v = self.state, self.vcpu
+        base, limit = v.idtr
+        if vector * 8 + 7 > limit:
+            raise VMStopped("fault", f"the guest's IDT has no gate for {vector_name(vector)}")
+        low, high = self.read_linear(base + 8 * vector), self.read_linear(base + 8 * vector + 4)
+        cpl = int(st[S.CS]) & 3
+        if not high & 0x8000:
+            raise VMStopped("fault", f"the guest's gate for {vector_name(vector)} is not present")
+        if software and (high >> 13) & 3 < cpl:
+            return self.reflect(13, vector * 8 + 2, return_eip - 2)
+        frame = [self.virtual_eflags(), self.guest_selector(int(st[S.CS])), return_eip]
+        esp = int(st[S.ESP])
+        if cpl == 3:  # from guest user mode: onto the guest kernel's stack, from its TSS
+            frame = [int(st[S.SS]), esp, *frame]
+            esp = self.read_linear(v.tss_base + 4)
+            st[S.SS] = (self.read_linear(v.tss_base + 8) & 0xFFFC) | 1
+        if error >= 0:
+            frame.append(error)
+        for value in frame:
+            esp = (esp - 4) & 0xFFFFFFFF
+            self.write_linear(esp, value)
+        st[S.ESP] = esp
+        st[S.CS] = ((low >> 16) & 0xFFFC) | 1
+        st[S.EIP] = (low & 0xFFFF) | (high & 0xFFFF0000)
+        st[S.EFLAGS] = (int(st[S.EFLAGS]) & ~(S.FLAG_TF | 0x4000)) | S.FLAG_IF
+        if (high >> 8) & 0xF == 0xE:  # an interrupt gate clears IF
+            v.vif = False
+        self.acct.reflected += 1
+        self.charge(self.cost.emulation)
+
+    # ---- exit handlers ---------------------------------------------------------------------
+    def exit_cost(self) -> int:
+        """Cycles for one trip guest -> VMM -> guest (a trap and the return)."""
+        return self.cost.vm_exit
+
+    def handle_fault(self) -> None:
+        st = self.state
+        vector, error = int(st[S.EXIT_VECTOR]), int(st[S.EXIT_ERROR])
+        eip = int(st[S.EIP])
+        cpl = int(st[S.CS]) & 3
+        if cpl == 3:
+            self.vcpu.vif = True  # user code runs with interrupts on (it cannot clear IF)
+        if vector == 3 and cpl == 1 and eip - 1 in self.sites:
+            self.callout(eip - 1)
+        else:
+            self.acct.exits[exit_name(ExitReason.FAULT, vector)] += 1
+            self.charge(self.exit_cost())
+            if vector == 13 and cpl == 1 and self.emulate_privileged(eip):
+                pass
+            elif vector == 14:
+                self.page_fault(int(st[S.CR2]), error, eip)
+            else:
+                software = vector >= 32 or vector == 3
+                self.record("reflect", f"{vector_name(vector)} to the guest kernel")
+                self.reflect(vector, error if not software else NO_ERROR_CODE, eip, software)
+        if self.check_shadow:
+            self.assert_shadow_consistent()
+
+    def handle_interrupt(self) -> None:
+        self.acct.exits["INTERRUPT"] += 1
+        self.charge(self.exit_cost())
+        if not self.pic.request(0):
+            self.acct.lost_ticks += 1
+        self.record("exit", "timer tick (virtual IRQ 0 pending)")
+
+    def handle_breakpoint(self) -> None:
+        """Unpatched mode: a watched POPF is about to run; see whether it loses IF."""
+        st = self.state
+        popped = self.read_linear(int(st[S.ESP]))
+        if popped & S.FLAG_IF and not self.vcpu.vif:
+            self.lost_enable = int(st[S.EIP])
+            self.record("hang", "POPF at ring 1 pops IF=1: the CPU keeps IF, virtual IF stays 0")
+        st[S.SKIP_BREAKPOINT] = 1
+
+    # ---- emulation ---------------------------------------------------------------------------
+    def fetch(self, eip: int) -> Instruction | None:
+        code = self.read_bytes(eip, 15)
+        ins = self.decoded.get(code, False)
+        if ins is False:
+            ins = self.decoded[code] = decode(code)
+        return ins
+
+    def emulate_privileged(self, eip: int) -> bool:
+        """#GP in the guest kernel: carry out the instruction at EIP if it is privileged."""
+        ins = self.fetch(eip)
+        if ins is None or not self.emulate(ins, eip):
+            return False
+        self.acct.emulated[ins.mnemonic] += 1
+        self.charge(self.cost.emulation)
+        return True
+
+    def callout(self, site: int) -> None:
+        """A rewritten site ran: do what its original instruction meant."""
+        ins = self.sites[site]
+        self.state[S.EIP] = site
+        self.acct.emulated[ins.mnemonic] += 1
+        self.charge_callout()
+        self.emulate(ins, site)
+
+    def charge_callout(self) -> None:
+        """Patched sites trap (INT3): an exit and an emulation."""
+        self.acct.exits["#BP"] += 1
+        self.charge(self.exit_cost() + self.cost.emulation)
+
+    def emulate(self, ins: Instruction, eip: int) -> bool:
+        """Carry out ins on the vCPU; False when it is not one the VMM emulates."""
+        st, v = self.state, self.vcpu
+        name = ins.mnemonic
+        regs = [int(x) for x in st[0:8]]
+        next_eip = (eip + ins.length) & 0xFFFFFFFF
+        if name == "cli":  # FA  CLI
+            v.vif = False
+            self.last_cli = eip
+        elif name == "sti":  # FB  STI
+            v.vif = True
+        elif name == "pushf":  # 9C  PUSHFD
+            esp = (regs[S.ESP] - 4) & 0xFFFFFFFF
+            self.write_linear(esp, self.virtual_eflags())
+            st[S.ESP] = esp
+        elif name == "popf":  # 9D  POPFD
+            self.set_flags_from_guest(self.read_linear(regs[S.ESP]))
+            st[S.ESP] = (regs[S.ESP] + 4) & 0xFFFFFFFF
+        elif name == "iret":  # CF  IRETD
+            self.emulate_iret(regs[S.ESP])
+            return True
+        elif name == "hlt":  # F4  HLT
+            st[S.EIP] = next_eip
+            self.emulate_hlt(eip)
+            return True
+        elif name in ("in", "out"):  # E4-E7 IN/OUT imm8;  EC-EF IN/OUT DX
+            port = ins.port if ins.port >= 0 else regs[S.EDX] & 0xFFFF
+            mask = 0xFF if ins.size == 1 else 0xFFFFFFFF
+            if ins.is_in:
+                value = self.port_in(port, ins.size) & mask
+                st[S.EAX] = (regs[S.EAX] & ~mask & 0xFFFFFFFF) | value
+            else:
+                st[S.EIP] = next_eip  # (an exit port write may end the run here)
+                self.port_out(port, regs[S.EAX] & mask, ins.size)
+        elif name == "mov_to_cr":  # 0F 22 /r  MOV CRn, r32
+            self.write_cr(ins.reg, regs[ins.rm])
+        elif name == "mov_from_cr":  # 0F 20 /r  MOV r32, CRn
+            st[ins.rm] = (v.cr0, 0, v.cr2, v.cr3, v.cr4, 0, 0, 0)[ins.reg]
+        elif name in ("lgdt", "lidt"):  # 0F 01 /2  LGDT m;  0F 01 /3  LIDT m
+            at = effective_address(ins, regs)
+            limit, base = self.read_linear(at, 2), self.read_linear(at + 2)
+            if name == "lgdt":
+                self.load_gdt(base, limit)
+            else:
+                v.idtr = (base, limit)
+        elif name in ("sgdt", "sidt"):  # 0F 01 /0  SGDT m;  0F 01 /1  SIDT m (the guest's own)
+            at = effective_address(ins, regs)
+            base, limit = v.gdtr if name == "sgdt" else v.idtr
+            self.write_linear(at, limit, 2)
+            self.write_linear(at + 2, base)
+        elif name == "ltr":  # 0F 00 /3  LTR r/m16
+            selector = (
+                regs[ins.rm] & 0xFFFF
+                if not ins.is_memory
+                else self.read_linear(effective_address(ins, regs), 2)
+            )
+            base, _ = v.gdtr
+            low, high = (
+                self.read_linear(base + (selector & ~7)),
+                self.read_linear(base + (selector & ~7) + 4),
+            )
+            v.tr = selector
+            v.tss_base = ((low >> 16) & 0xFFFF) | ((high & 0xFF) << 16) | (high & 0xFF000000)
+            st[S.TR] = selector
+        elif name in ("str", "sldt", "smsw"):  # 0F 00 /1  STR;  0F 00 /0  SLDT;  0F 01 /4  SMSW
+            value = {"str": v.tr, "sldt": 0, "smsw": v.cr0 & 0xFFFF}[name]
+            if ins.is_memory:
+                self.write_linear(effective_address(ins, regs), value, 2)
+            else:
+                st[ins.rm] = value
+        elif name == "invlpg":  # 0F 01 /7  INVLPG m
+            self.shadow.invlpg(effective_address(ins, regs))
+        elif name == "mov_to_sreg":  # 8E /r  MOV Sreg, r/m16 (SS: the guest's ring 0 is ring 1)
+            selector = (
+                regs[ins.rm] & 0xFFFF
+                if not ins.is_memory
+                else self.read_linear(effective_address(ins, regs), 2)
+            )
+            if selector & 3 == 0 and selector:
+                selector |= 1
+            slot = (S.ES, S.CS, S.SS, S.DS, S.FS, S.GS)[ins.reg]
+            if slot == S.CS:
+                return False
+            st[slot] = selector
+        else:
+            return False
+        st[S.EIP] = next_eip
+        return True
+
+    def emulate_iret(self, esp: int) -> None:
+        """IRET as the guest meant it: back to its kernel (ring 1) or to user mode."""
+        st = self.state
+        eip, cs, flags = (self.read_linear(esp + 4 * k) for k in range(3))
+        cs &= 0xFFFF
+        if cs & 3 == 3:
+            st[S.ESP] = self.read_linear(esp + 12)
+            st[S.SS] = self.read_linear(esp + 16) & 0xFFFF
+            st[S.CS] = cs
+        else:
+            st[S.ESP] = (esp + 12) & 0xFFFFFFFF
+            st[S.CS] = (cs & ~3) | 1
+        st[S.EIP] = eip
+        self.set_flags_from_guest(flags)
+
+    def emulate_hlt(self, eip: int) -> None:
+        """HLT: wait for the next virtual interrupt, or report a vCPU that can never wake."""
+        st = self.state
+        period = int(st[S.TIMER_PERIOD])
+        if self.vcpu.vif:
+            if self.pic.deliverable() < 0:
+                if period <= 0:
+                    raise VMStopped("halt", f"HLT at {eip:#x} with no timer running")
+                st[S.CYCLES] = max(int(st[S.CYCLES]), int(st[S.TIMER_NEXT]))  # idle
+            return
+        lost = HANG_TICKS if period > 0 else 0
+        self.acct.lost_ticks += lost
+        st[S.CYCLES] += lost * period
+        message = (
+            f"the guest halted at {eip:#x} with its interrupts disabled (virtual IF = 0): "
+            f"nothing can wake it; {self.acct.lost_ticks} timer ticks were lost."
+        )
+        if self.last_cli >= 0:
+            message += f" Virtual IF was cleared by CLI at {self.last_cli:#x}."
+        if self.lost_enable >= 0:
+            message += (
+                f" The POPF at {self.lost_enable:#x} popped IF = 1 to turn interrupts back on,"
+                " but at ring 1 POPF silently keeps IF: it neither trapped nor did what the guest"
+                " meant (x86's sensitive-but-unprivileged hole). Patch the kernel (the default)"
+                " or use binary translation."
+            )
+        self.record("hang", f"HLT with virtual IF = 0 at {eip:#x}", eip)
+        raise VMStopped("hang", message)
+
+    def write_cr(self, cr: int, value: int) -> None:
+        """MOV CRn: the vCPU's control register; CR0.PG and CR3 pick the shadow tables."""
+        v = self.vcpu
+        if cr == 0:
+            v.cr0 = value | S.CR0_PE
+            self.shadow.switch(v.cr3 if v.paging else -1)
+        elif cr == 3:
+            v.cr3 = value
+            self.acct.shadow["cr3 switches"] += 1
+            if v.paging:
+                self.shadow.switch(value)
+        elif cr == 2:
+            v.cr2 = value
+        elif cr == 4:
+            v.cr4 = value
+
+    # ---- shadow paging -----------------------------------------------------------------------
+    def page_fault(self, linear: int, error: int, eip: int) -> None:
+        v = self.vcpu
+        kind, detail = self.shadow.page_fault(linear, error, v.paging, v.cr3)
+        if kind == HIDDEN:
+            self.acct.shadow["hidden faults"] += 1
+            self.charge(self.cost.emulation)
+            self.record("shadow", f"hidden fault at {linear:#x}: shadow entry filled")
+        elif kind == TABLE_WRITE:
+            self.table_write(linear, detail)
+        else:
+            self.acct.shadow["true faults"] += 1
+            v.cr2 = linear
+            self.record("reflect", f"#PF at {linear:#x} (error {detail:#x}) to the guest")
+            self.reflect(14, detail, eip)
+
+    def table_write(self, linear: int, frame: int) -> None:
+        """The guest writes one of its page tables: single-step the write, then resync."""
+        st, shadow = self.state, self.shadow
+        entry = shadow.shadow_entry(linear)
+        before = self.words[frame // 4 : frame // 4 + 1024].copy()
+        if entry >= 0:
+            self.words[entry // 4] |= 2  # briefly writable
+        shadow.flush_tlb()
+        mask, executed = int(st[S.PIC_IMR]), int(st[S.INSTRUCTIONS])
+        st[S.PIC_IMR] = 0xFF  # no tick in the middle of the step
+        reason = ExitReason(core_run_step(st, self.memory))
+        st[S.PIC_IMR] = mask
+        if entry >= 0:
+            self.words[entry // 4] &= 0xFFFFFFFD
+        changed = shadow.table_written(frame, before)
+        self.acct.shadow["table writes"] += 1
+        self.charge(self.table_write_cost())
+        self.record("shadow", f"guest page-table write at {linear:#x}: {changed} entries resynced")
+        if int(st[S.INSTRUCTIONS]) == executed and reason != ExitReason.BUDGET:
+            self._handlers[reason]()  # the write itself faulted: handle that exit
+
+    def table_write_cost(self) -> int:
+        return self.cost.shadow_update
+
+    def assert_shadow_consistent(self) -> None:
+        problems = self.shadow.mismatches(self.vcpu.paging, self.vcpu.cr3)
+        if problems:
+            raise AssertionError(
+                "shadow page tables disagree with the guest's: " + "; ".join(problems[:5])
+            )
+
+    def stats(self) -> dict[str, object]:
+        out = super().stats()
+        out["shadow"] = dict(sorted((self.acct.shadow + self.shadow.counts).items()))
+        out["patched_sites"] = len(self.sites)
+        return out
+
+
+def core_run_step(state: np.ndarray, memory: np.ndarray) -> int:
+    """Run exactly one guest instruction (the write the VMM lets through)."""
+    from vm.cpu.core import run
+
+    return run(state, memory, 1)
+
+
+class BinaryTranslationVM(TrapEmulateVM):
+    """VMware's approach in miniature: every sensitive or privileged kernel site becomes a
+    callout into the VMM, charged as a translated callout (Adams & Agesen), not a trap."""
+
+    mode = "binary-translation"
+    rewritten = frozenset(TRANSLATED)
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["patch"] = True
+        super().__init__(*args, **kwargs)
+
+    def charge_callout(self) -> None:
+        self.acct.callouts += 1
+        self.charge(self.cost.bt_callout)
+
+    def table_write_cost(self) -> int:
+        return self.cost.bt_callout  # the translator turns the faulting write into a callout

@@ -1,0 +1,330 @@
+"""The VMM core: a VM's virtual CPU and devices, its event log, and the run/exit loop.
+
+A VM is a Machine (the real CPU state the core runs, in a window of the host's memory)
+plus what the guest believes it has: a vCPU (its own CPL, IF, control registers and
+descriptor-table registers), a virtual interrupt controller and timer, and a console.
+``VM.run`` calls the core, KVM_RUN-style, and hands each exit to the handler for its
+reason; the modes (vm.hypervisor.trap_emulate, ...) supply the handlers.
+
+Every handler charges simulated cycles from the CostModel to the guest's clock (the
+guest's timer sees the VMM's time) and records what it did in a bounded event log.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from vm.cpu import state as S
+from vm.cpu.core import run as core_run
+from vm.cpu.cost import DEFAULT, CostModel
+from vm.cpu.exits import ExitReason
+from vm.devices.console import Console
+from vm.machine import Machine, vector_name
+
+EVENT_LOG_SIZE = 10_000
+NO_ERROR_CODE = -1
+
+
+class Event(NamedTuple):
+    """One thing the VMM did, for the timeline: when, where, what kind, and what."""
+
+    cycle: int
+    eip: int
+    kind: str  # "exit", "emulate", "inject", "reflect", "shadow", "patch", "hang"
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.cycle:>12,}  {self.eip:#010x}  {self.kind:<8} {self.text}"
+
+
+class EventLog:
+    """The last ``size`` events of a VM (older ones fall off the front)."""
+
+    def __init__(self, size: int = EVENT_LOG_SIZE) -> None:
+        self.events: deque[Event] = deque(maxlen=size)
+        self.total = 0  # events ever recorded, dropped ones included
+
+    def add(self, cycle: int, eip: int, kind: str, text: str) -> None:
+        self.events.append(Event(cycle, eip, kind, text))
+        self.total += 1
+
+    def __iter__(self):
+        return iter(self.events)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def kinds(self) -> Counter:
+        """How many of the kept events are of each kind."""
+        return Counter(event.kind for event in self.events)
+
+    def tail(self, n: int = 20) -> str:
+        """The last n events, one per line."""
+        return "\n".join(str(event) for event in list(self.events)[-n:])
+
+
+@dataclass
+class VirtualPIC:
+    """The interrupt controller the guest programs (an 8259A's master, simplified)."""
+
+    imr: int = 0xFF
+    irr: int = 0
+    isr: int = 0
+    vector_base: int = 32
+
+    def request(self, irq: int) -> bool:
+        """Raise IRQ irq; False when it was already waiting (that tick is lost)."""
+        lost = bool(self.irr & (1 << irq))
+        self.irr |= 1 << irq
+        return not lost
+
+    def deliverable(self) -> int:
+        """The vector to deliver now, or -1 (masked, none, or behind one in service)."""
+        ready = self.irr & ~self.imr & 0xFF
+        if not ready:
+            return -1
+        irq = (ready & -ready).bit_length() - 1
+        if self.isr & ((1 << (irq + 1)) - 1):
+            return -1
+        return self.vector_base + irq
+
+    def acknowledge(self, vector: int) -> None:
+        irq = vector - self.vector_base
+        self.irr &= ~(1 << irq)
+        self.isr |= 1 << irq
+
+    def port_out(self, port: int, value: int) -> None:
+        if port == 0x21:
+            self.imr = value & 0xFF
+        elif value & 0xFF == 0x20:  # end of interrupt
+            self.isr &= self.isr - 1
+
+    def port_in(self, port: int) -> int:
+        return self.imr if port == 0x21 else 0
+
+
+@dataclass
+class VirtualPIT:
+    """The guest's timer: it takes a divisor, low byte then high byte, after a mode byte."""
+
+    divisor: int = 0
+    latch: int = -1
+
+    def port_out(self, port: int, value: int) -> int:
+        """Write a PIT port; the new divisor when one is complete, else 0."""
+        if port == 0x43:
+            self.latch = -1
+            return 0
+        if self.latch < 0:
+            self.latch = value & 0xFF
+            return 0
+        self.divisor = (self.latch | (value & 0xFF) << 8) or 65536
+        self.latch = -1
+        return self.divisor
+
+
+@dataclass
+class VCPU:
+    """What the guest believes its CPU is: the registers the VMM keeps for it."""
+
+    vif: bool = False  # the guest's EFLAGS.IF (the real IF stays 1 while it runs)
+    cr0: int = S.CR0_PE
+    cr2: int = 0
+    cr3: int = 0
+    cr4: int = 0
+    gdtr: tuple[int, int] = (0, 0)  # (base, limit)
+    idtr: tuple[int, int] = (0, 0)
+    tr: int = 0
+    tss_base: int = 0  # the guest's TSS (linear), where ESP0/SS0 are
+
+    @property
+    def paging(self) -> bool:
+        return bool(self.cr0 & S.CR0_PG)
+
+
+@dataclass
+class Accounting:
+    """What a VM's run cost: exits by reason, emulations, injections, shadow paging."""
+
+    exits: Counter = field(default_factory=Counter)
+    emulated: Counter = field(default_factory=Counter)
+    shadow: Counter = field(default_factory=Counter)
+    injected: int = 0
+    reflected: int = 0
+    callouts: int = 0  # binary-translation callouts
+    lost_ticks: int = 0  # timer ticks that merged with one still waiting
+    vmm_cycles: int = 0  # simulated cycles charged by the VMM
+
+
+class VMStopped(Exception):
+    """Raised inside a handler to end the run (shutdown, panic, hang, a broken guest)."""
+
+    def __init__(self, status: str, message: str = "", exit_code: int = -1) -> None:
+        super().__init__(message or status)
+        self.status = status
+        self.message = message
+        self.exit_code = exit_code
+
+
+@dataclass
+class VMResult:
+    """How a VM's run ended, what its guest printed, and what it cost."""
+
+    status: str  # "shutdown", "panic", "budget", "hang", "fault"
+    console: str
+    exit_code: int = -1
+    message: str = ""
+    stats: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "shutdown" and self.exit_code == 0
+
+
+EXIT_PORT = 0xF4  # toyos's exit port: the guest writes its status here
+
+
+class VM:
+    """A virtual machine: a Machine, a vCPU, virtual devices, and the exit loop.
+
+    Subclasses set up the real CPU for their mode and implement ``handle_<reason>``
+    methods (``handle_fault``, ``handle_interrupt``, ...), one per exit reason.
+    """
+
+    mode = "vm"
+
+    def __init__(
+        self,
+        machine: Machine,
+        cost: CostModel = DEFAULT,
+        name: str = "vm",
+        log_size: int = EVENT_LOG_SIZE,
+    ) -> None:
+        self.machine = machine
+        self.state: np.ndarray = machine.state
+        self.memory: np.ndarray = machine.memory
+        self.cost = cost
+        self.name = name
+        self.vcpu = VCPU()
+        self.pic = VirtualPIC()
+        self.pit = VirtualPIT()
+        self.console = Console()
+        self.log = EventLog(log_size)
+        self.acct = Accounting()
+        self.stopped: VMStopped | None = None
+        self._handlers = {
+            reason: getattr(self, f"handle_{reason.name.lower()}", None) for reason in ExitReason
+        }
+
+    # ---- time and the log -----------------------------------------------------------------
+    def charge(self, cycles: int) -> None:
+        """Add VMM time to the guest's clock (its timer sees it too)."""
+        self.state[S.CYCLES] += cycles
+        self.acct.vmm_cycles += cycles
+
+    def record(self, kind: str, text: str, eip: int | None = None) -> None:
+        st = self.state
+        self.log.add(int(st[S.CYCLES]), int(st[S.EIP]) if eip is None else eip, kind, text)
+
+    # ---- devices the guest reaches through port I/O ----------------------------------------
+    def port_out(self, port: int, value: int, size: int) -> None:
+        """The guest wrote a port (emulated IN/OUT or an IO exit)."""
+        if port in Console.PORTS:
+            self.console.write(value)
+        elif port == EXIT_PORT:
+            status = "shutdown" if value & 0xFF == 0 else "panic"
+            raise VMStopped(status, exit_code=value & 0xFF)
+        elif port in (0x20, 0x21):
+            self.pic.port_out(port, value)
+        elif port in (0x40, 0x43):
+            divisor = self.pit.port_out(port, value)
+            if divisor:
+                self.start_timer(divisor)
+
+    def port_in(self, port: int, size: int) -> int:
+        if port in (0x20, 0x21):
+            return self.pic.port_in(port)
+        return 0xFF if size == 1 else 0xFFFFFFFF  # no device there
+
+    def start_timer(self, divisor: int) -> None:
+        """Program the real timer to tick at the guest's rate; its ticks exit to the VMM."""
+        st = self.state
+        period = divisor * max(1, int(st[S.TIMER_SCALE]))
+        st[S.TIMER_PERIOD] = period
+        st[S.TIMER_NEXT] = st[S.CYCLES] + period
+        st[S.PIC_IMR] = 0xFE  # the real PIC passes IRQ 0, which exits (EXIT_ON_INTERRUPT)
+        self.record("emulate", f"virtual PIT: a tick every {period:,} cycles")
+
+    # ---- the run loop -----------------------------------------------------------------------
+    def run(self, budget: int = 500_000_000) -> VMResult:
+        """Run the guest until it stops or ``budget`` instructions have run (resumable)."""
+        if not isinstance(budget, int) or budget < 1:
+            raise ValueError(f"budget must be a positive integer, not {budget!r}")
+        if self.stopped is not None:
+            return self.result()
+        st = self.state
+        end = int(st[S.INSTRUCTIONS]) + budget
+        handlers = self._handlers
+        try:
+            while True:
+                left = end - int(st[S.INSTRUCTIONS])
+                if left <= 0:
+                    return self.result("budget")
+                self.before_entry()
+                reason = ExitReason(core_run(st, self.memory, left))
+                if reason == ExitReason.BUDGET:
+                    continue
+                handler = handlers[reason]
+                if handler is None:
+                    raise VMStopped("fault", f"unexpected exit {self.machine.last_exit(reason)}")
+                handler()
+        except VMStopped as stop:
+            self.stopped = stop
+            if stop.status not in ("shutdown",):
+                self.record("stop", f"{stop.status}: {stop.message}".rstrip(": "))
+            return self.result()
+
+    def before_entry(self) -> None:
+        """Called before each entry into the guest (deliver pending interrupts, ...)."""
+
+    def handle_shutdown(self) -> None:
+        raise VMStopped("fault", "triple fault: the CPU shut down")
+
+    def result(self, status: str | None = None) -> VMResult:
+        stop = self.stopped
+        if status is None:
+            status = stop.status if stop else "budget"
+        message = stop.message if stop else ""
+        code = stop.exit_code if stop else -1
+        return VMResult(status, self.console.text, code, message, self.stats())
+
+    def stats(self) -> dict[str, object]:
+        """Instructions, cycles and exits (total and by reason), and the mode's counters."""
+        machine_stats = self.machine.stats()
+        acct = self.acct
+        return {
+            "mode": self.mode,
+            "instructions": machine_stats["instructions"],
+            "cycles": machine_stats["cycles"],
+            "vmm_cycles": acct.vmm_cycles,
+            "exits": sum(acct.exits.values()),
+            "exits_by_reason": dict(sorted(acct.exits.items())),
+            "emulated": dict(sorted(acct.emulated.items())),
+            "injected": acct.injected,
+            "reflected": acct.reflected,
+            "callouts": acct.callouts,
+            "lost_ticks": acct.lost_ticks,
+            "shadow": dict(sorted(acct.shadow.items())),
+            "page_walks": machine_stats["page_walks"],
+        }
+
+
+def exit_name(reason: ExitReason, vector: int = -1) -> str:
+    """A short name for an exit, for the by-reason table: '#GP', 'INT 0x80', 'INTERRUPT'."""
+    if reason == ExitReason.FAULT:
+        return vector_name(vector)
+    return reason.name
