@@ -100,7 +100,7 @@ def decode(code: bytes) -> Instruction | None:
 
 def effective_address(instruction: Instruction, registers: list[int]) -> int:
     """The linear address of a memory operand, from the general registers (flat segments)."""
-    mod, base, index, scale, disp, _ = instruction.modrm
+    _, base, index, scale, disp, _ = instruction.modrm
     address = disp
     if base >= 0:
         address += registers[base]

@@ -406,6 +406,12 @@ class TrapEmulateVM(VM):
         st[S.EIP] = next_eip
         return True
 
+    def operand16(self, ins: Instruction, regs: list[int]) -> int:
+        """The r/m16 operand of ins: a register, or a word of guest memory."""
+        if ins.is_memory:
+            return self.read_linear(effective_address(ins, regs), 2)
+        return regs[ins.rm] & 0xFFFF
+
     def emulate_iret(self, esp: int) -> None:
         """IRET as the guest meant it: back to its kernel (ring 1) or to user mode."""
         st = self.state
