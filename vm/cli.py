@@ -1,6 +1,7 @@
 """`python -m vm`: run toyos, benchmark the core, or take a short tour.
 
-python -m vm run [--workload NAME] [--trace N] [--json] [--budget N] [--cost PRESET]
+python -m vm run [--workload NAME] [--mode MODE] [--no-patch] [--compare] [--trace N] [--json]
+                 [--budget N] [--cost PRESET]
 python -m vm bench [--json] [--quick]
 python -m vm demo
 """
@@ -12,8 +13,7 @@ import json
 import sys
 
 from vm.asm import AsmError
-
-MODES = ("native",)  # the hypervisor issues add trap-emulate, binary-translation, ...
+from vm.hypervisor.modes import MODES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +26,14 @@ def main(argv: list[str] | None = None) -> int:
 
     run.add_argument("--workload", default="all", choices=WORKLOADS)
     run.add_argument("--mode", default="native", choices=MODES)
+    run.add_argument(
+        "--compare", action="store_true", help="run the workload in every mode, side by side"
+    )
+    run.add_argument(
+        "--no-patch",
+        action="store_true",
+        help="trap-emulate without patching POPF/PUSHF/IRET: shows x86's hole",
+    )
     run.add_argument("--trace", type=int, default=0, metavar="N", help="show the first N steps")
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.add_argument("--budget", type=_positive, default=500_000_000)
@@ -65,20 +73,28 @@ def _positive(text: str) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Boot toyos natively, print its console and statistics."""
+    """Boot toyos in a mode (or every mode), print its console and statistics."""
     from vm.cpu.cost import preset
-    from vm.guest.toyos import ToyOS
+    from vm.hypervisor.modes import boot
 
-    toyos = ToyOS(args.workload, cost=preset(args.cost))
+    cost = preset(args.cost)
+    if args.compare:
+        return compare_command(args, cost)
+    if args.trace and args.mode != "native":
+        raise ValueError("--trace single-steps bare metal: use it with --mode native")
+    if args.no_patch and args.mode != "trap-emulate":
+        raise ValueError("--no-patch is for --mode trap-emulate")
+    vm = boot(args.mode, args.workload, cost, patch=not args.no_patch)
     if args.trace:
-        trace(toyos, args.trace)
-    result = toyos.run(budget=args.budget)
+        trace(vm.toyos, args.trace)
+    result = vm.run(budget=args.budget)
     if args.json:
         out = {
             "mode": args.mode,
             "workload": args.workload,
             "status": result.status,
             "exit_code": result.exit_code,
+            "message": result.message,
             "console": result.console,
             "stats": result.stats,
         }
@@ -91,11 +107,63 @@ def run_command(args: argparse.Namespace) -> int:
     messages = {
         "panic": "the kernel panicked (see its console above)",
         "budget": f"the guest did not finish within {args.budget:,} instructions",
-        "fault": f"the machine stopped: {result.exit}",
-        "halt": f"the machine halted without shutting down: {result.exit}",
     }
-    print(f"error: {messages.get(result.status, result.status)}", file=sys.stderr)
+    print(f"error: {messages.get(result.status, result.message or result.status)}", file=sys.stderr)
     return 1
+
+
+def compare_command(args: argparse.Namespace, cost) -> int:
+    """One workload in every mode: a table side by side, or one JSON object keyed by mode."""
+    from vm.hypervisor.modes import boot
+
+    results = {mode: boot(mode, args.workload, cost).run(budget=args.budget) for mode in MODES}
+    if args.json:
+        out = {
+            mode: {
+                "status": r.status,
+                "instructions": r.stats["instructions"],
+                "cycles": r.stats["cycles"],
+                "exits": r.stats["exits"],
+                "exits_by_reason": r.stats["exits_by_reason"],
+                "console": r.console,
+            }
+            for mode, r in results.items()
+        }
+        print(json.dumps(out))
+    else:
+        print(compare_table(args.workload, results))
+    return 0 if all(r.ok for r in results.values()) else 1
+
+
+def compare_table(workload: str, results: dict) -> str:
+    """The modes side by side: cycles against native, exits by reason, the console."""
+    native = results["native"]
+    reasons = sorted({k for r in results.values() for k in r.stats["exits_by_reason"]})
+    rows = [("workload " + workload, list(results))]
+    rows.append(("status", [r.status for r in results.values()]))
+    for key in ("instructions", "cycles"):
+        rows.append((key, [f"{r.stats[key]:,}" for r in results.values()]))
+    base = native.stats["cycles"] or 1
+    rows.append(("cycles / native", [f"{r.stats['cycles'] / base:.3f}" for r in results.values()]))
+    rows.append(("exits", [f"{r.stats['exits']:,}" for r in results.values()]))
+    for reason in reasons:
+        counts = [r.stats["exits_by_reason"].get(reason, 0) for r in results.values()]
+        rows.append((f"  {reason}", [f"{n:,}" for n in counts]))
+    for key in ("callouts", "injected", "lost_ticks"):
+        rows.append((key.replace("_", " "), [f"{r.stats.get(key, 0):,}" for r in results.values()]))
+    rows.append(
+        (
+            "console",
+            ["same" if r.console == native.console else "DIFFERS" for r in results.values()],
+        )
+    )
+    width = max(len(name) for name, _ in rows)
+    cols = [max(len(row[1][i]) for row in rows) for i in range(len(results))]
+    lines = [
+        f"{name:<{width}}  " + "  ".join(f"{v:>{w}}" for v, w in zip(values, cols, strict=True))
+        for name, values in rows
+    ]
+    return "\n".join(lines) + "\n\n" + native.console.rstrip("\n")
 
 
 def trace(toyos, steps: int) -> None:
@@ -119,17 +187,35 @@ def trace(toyos, steps: int) -> None:
             break
 
 
+def _counts(counts: dict) -> str:
+    return ", ".join(f"{name} {n:,}" for name, n in counts.items()) or "none"
+
+
 def stats_table(stats: dict) -> str:
-    """The statistics as aligned lines."""
+    """The statistics as aligned lines (a VM's: exits, emulation, shadow paging)."""
     rows = [
         ("instructions", f"{stats['instructions']:,}"),
         ("cycles", f"{stats['cycles']:,}"),
-        ("interrupts", f"{stats['interrupts']:,}"),
-        ("system calls", f"{stats['syscalls']:,}"),
-        ("page walks", f"{stats['page_walks']:,}"),
-        ("TLB flushes", f"{stats['tlb_flushes']:,}"),
     ]
-    faults = ", ".join(f"{name} {n}" for name, n in stats["faults"].items()) or "none"
-    rows.append(("faults", faults))
+    if stats.get("mode", "native") == "native":
+        rows += [
+            ("interrupts", f"{stats['interrupts']:,}"),
+            ("system calls", f"{stats['syscalls']:,}"),
+            ("page walks", f"{stats['page_walks']:,}"),
+            ("TLB flushes", f"{stats['tlb_flushes']:,}"),
+            ("faults", _counts(stats["faults"])),
+        ]
+    else:
+        rows += [
+            ("VMM cycles", f"{stats['vmm_cycles']:,}"),
+            ("exits", f"{stats['exits']:,}  ({_counts(stats['exits_by_reason'])})"),
+            ("emulated", _counts(stats["emulated"])),
+            ("injected", f"{stats['injected']:,}"),
+            ("reflected", f"{stats['reflected']:,}"),
+            ("callouts", f"{stats['callouts']:,}"),
+            ("lost ticks", f"{stats['lost_ticks']:,}"),
+            ("shadow paging", _counts(stats["shadow"])),
+            ("patched sites", f"{stats['patched_sites']:,}"),
+        ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -284,7 +284,7 @@ class TrapEmulateVM(VM):
         popped = self.read_linear(int(st[S.ESP]))
         if popped & S.FLAG_IF and not self.vcpu.vif:
             self.lost_enable = int(st[S.EIP])
-            self.record("hang", "POPF at ring 1 pops IF=1: the CPU keeps IF, virtual IF stays 0")
+            self.record("hole", "POPF at ring 1 pops IF=1: the CPU keeps IF, virtual IF stays 0")
         st[S.SKIP_BREAKPOINT] = 1
 
     # ---- emulation ---------------------------------------------------------------------------

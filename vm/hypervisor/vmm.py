@@ -34,7 +34,7 @@ class Event(NamedTuple):
 
     cycle: int
     eip: int
-    kind: str  # "exit", "emulate", "inject", "reflect", "shadow", "patch", "hang"
+    kind: str  # exit emulate inject reflect shadow patch hole hang stop
     text: str
 
     def __str__(self) -> str:
