@@ -38,3 +38,24 @@ class Host:
         self._next += size
         self.machines.append(machine)
         return machine
+
+
+def run_side_by_side(vms: list, slice_instructions: int = 200_000, budget: int = 500_000_000):
+    """Schedule several VMs round robin, a slice of instructions each, until all stop.
+
+    Returns each VM's result, in order. A VM's guest sees only its own time (its
+    cycles), so where the slices fall never changes what it computes or prints.
+    """
+    if slice_instructions < 1:
+        raise ValueError("slice_instructions must be positive")
+    results = [None] * len(vms)
+    used = [0] * len(vms)
+    while any(r is None for r in results):
+        for i, vm in enumerate(vms):
+            if results[i] is not None:
+                continue
+            result = vm.run(slice_instructions)
+            used[i] += slice_instructions
+            if result.status != "budget" or used[i] >= budget:
+                results[i] = result
+    return results

@@ -89,6 +89,7 @@ class TrapEmulateVM(VM):
         st[S.PIC_IMR] = 0xFF
         self.shadow.switch(-1)
         self.sites: dict[int, Instruction] = {}
+        self.watched: set[int] = set()  # unpatched POPF sites, watched with breakpoints
         self.last_cli = -1
         self.lost_enable = -1
         self.check_shadow = False  # tests: compare the shadow with the guest's tables each exit
@@ -116,7 +117,8 @@ class TrapEmulateVM(VM):
     def prepare_kernel(self, start: int, end: int) -> None:
         """Rewrite the sensitive sites of the kernel's text (or, unpatched, watch its POPFs)."""
         if not self.patch:
-            for address in self.scan(start, end, frozenset({"popf"})):
+            self.watched = set(self.scan(start, end, frozenset({"popf"})))
+            for address in self.watched:
                 self.machine.add_breakpoint(address)
             return
         self.sites = self.scan(start, end, self.rewritten)
@@ -125,6 +127,7 @@ class TrapEmulateVM(VM):
         self.record("patch", f"{len(self.sites)} sites rewritten to INT3 in {start:#x}..{end:#x}")
 
     rewritten = PATCHED
+    site_kind = "patched"
 
     # ---- guest memory, as the guest sees it ----------------------------------------------------
     def translate(self, linear: int, write: bool = False) -> int:
@@ -279,8 +282,11 @@ class TrapEmulateVM(VM):
         self.record("exit", "timer tick (virtual IRQ 0 pending)")
 
     def handle_breakpoint(self) -> None:
-        """Unpatched mode: a watched POPF is about to run; see whether it loses IF."""
+        """Unpatched mode: a watched POPF is about to run; see whether it loses IF.
+        Any other breakpoint (one a lesson or test set) stops the run there."""
         st = self.state
+        if int(st[S.EIP]) not in self.watched:
+            raise VMStopped("breakpoint", f"breakpoint at {int(st[S.EIP]):#x}")
         popped = self.read_linear(int(st[S.ESP]))
         if popped & S.FLAG_IF and not self.vcpu.vif:
             self.lost_enable = int(st[S.EIP])
@@ -302,6 +308,7 @@ class TrapEmulateVM(VM):
             return False
         self.acct.emulated[ins.mnemonic] += 1
         self.charge(self.cost.emulation)
+        self.record("emulate", f"{ins.mnemonic} trapped (#GP) and emulated", eip)
         return True
 
     def callout(self, site: int) -> None:
@@ -310,6 +317,7 @@ class TrapEmulateVM(VM):
         self.state[S.EIP] = site
         self.acct.emulated[ins.mnemonic] += 1
         self.charge_callout()
+        self.record("emulate", f"{ins.mnemonic} at a {self.site_kind} site", site)
         self.emulate(ins, site)
 
     def charge_callout(self) -> None:
@@ -539,6 +547,7 @@ class BinaryTranslationVM(TrapEmulateVM):
 
     mode = "binary-translation"
     rewritten = frozenset(TRANSLATED)
+    site_kind = "translated"
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs["patch"] = True

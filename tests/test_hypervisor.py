@@ -1,0 +1,267 @@
+"""Full virtualization: trap-and-emulate (patched and not), binary translation, shadow
+paging, isolation, and several VMs on one host."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_commands import vm as vm_command
+
+from vm.asm import assemble
+from vm.cpu import state as S
+from vm.guest.toyos import WORKLOADS, ToyOS
+from vm.hypervisor.host import Host, run_side_by_side
+from vm.hypervisor.modes import GUEST_RAM, MODES, boot
+from vm.hypervisor.trap_emulate import VMM_AREA, BinaryTranslationVM, TrapEmulateVM
+
+VIRTUAL = ("trap-emulate", "binary-translation")
+
+
+@pytest.fixture(scope="module")
+def native():
+    """Each workload's bare-metal run, the reference for the others."""
+    return {w: boot("native", w).run() for w in WORKLOADS}
+
+
+@pytest.mark.parametrize("mode", VIRTUAL)
+@pytest.mark.parametrize("workload", WORKLOADS)
+def test_every_workload_prints_exactly_what_it_prints_natively(mode, workload, native):
+    result = boot(mode, workload).run()
+    assert result.ok, result.message
+    assert result.console == native[workload].console
+    stats = result.stats
+    assert stats["exits"] == sum(stats["exits_by_reason"].values()) > 0
+    assert stats["cycles"] > native[workload].stats["cycles"]  # virtualization is not free
+
+
+def test_trap_and_emulate_costs_more_than_translation_which_costs_more_than_native(native):
+    for workload in ("syscalls", "spawn", "pagetable"):
+        te = boot("trap-emulate", workload).run().stats["cycles"]
+        bt = boot("binary-translation", workload).run().stats["cycles"]
+        assert te > bt > native[workload].stats["cycles"], workload
+
+
+def test_without_patching_popf_loses_the_virtual_if_and_the_vmm_names_it():
+    vm = boot("trap-emulate", "sleeper", patch=False)
+    result = vm.run()
+    assert result.status == "hang" and not result.ok
+    assert result.stats["lost_ticks"] >= 1
+    popf = vm.lost_enable
+    assert vm.window[popf] == 0x9D  # 9D  POPFD, left unpatched in the kernel's text
+    assert f"POPF at {popf:#x}" in result.message
+    assert "silently keeps IF" in result.message
+    kernel = ToyOS("sleeper").kernel.symbols
+    assert kernel["idle"] < popf < kernel["panic_no_memory"]  # the idle loop's irqrestore
+
+
+def test_patching_rewrites_only_pushf_popf_and_iret_and_translation_every_sensitive_site():
+    te, bt = boot("trap-emulate", "io"), boot("binary-translation", "io")
+    assert {ins.mnemonic for ins in te.sites.values()} == {"pushf", "popf", "iret"}
+    assert {"cli", "sti", "out", "mov_to_cr", "lgdt", "iret"} <= {
+        ins.mnemonic for ins in bt.sites.values()
+    }
+    for address in te.sites:
+        assert te.window[address] == 0xCC  # INT3
+    result = bt.run()
+    assert result.stats["callouts"] > 0 and "#GP" not in result.stats["exits_by_reason"]
+
+
+@pytest.mark.parametrize("mode", VIRTUAL)
+@pytest.mark.parametrize("workload", ["spawn", "pagetable", "faulty"])
+def test_shadow_tables_stay_what_the_guest_tables_imply_after_every_trap(mode, workload):
+    vm = boot(mode, workload)
+    vm.check_shadow = True  # compares every shadow entry with a guest walk after each exit
+    result = vm.run()
+    assert result.ok, result.message
+    shadow = result.stats["shadow"]
+    assert shadow["hidden faults"] > 0 and shadow["table writes"] > 0
+    assert shadow["cr3 switches"] > 0
+    if workload == "faulty":
+        assert shadow["true faults"] == 1  # the user's wild write, reflected to the kernel
+
+
+def test_exit_counts_and_the_event_log_are_deterministic():
+    first, second = boot("trap-emulate", "spawn"), boot("trap-emulate", "spawn")
+    a, b = first.run(), second.run()
+    assert a.stats == b.stats
+    assert list(first.log) == list(second.log)
+    kinds = first.log.kinds()
+    assert kinds["reflect"] > 0 and kinds["shadow"] > 0 and kinds["inject"] > 0
+
+
+def test_the_event_log_is_bounded_and_each_event_has_cycle_eip_and_text():
+    vm = boot("trap-emulate", "syscalls")
+    vm.log.events = type(vm.log.events)(maxlen=100)
+    vm.run()
+    assert len(vm.log) == 100 and vm.log.total > 4000
+    cycles = [event.cycle for event in vm.log]
+    assert cycles == sorted(cycles)
+    assert all(event.text and event.eip >= 0 for event in vm.log)
+
+
+def test_the_vcpu_after_boot_is_what_the_cpu_is_natively():
+    """Every instruction the VMM emulated during boot left the guest where bare metal is."""
+    native = ToyOS("compute")
+    init = native.user.symbols["init"]
+    native.machine.add_breakpoint(init)
+    ex = native.machine.run()
+    while ex.reason.name == "IO":  # (console output on the way)
+        ex = native.machine.run()
+    assert ex.reason.name == "BREAKPOINT"
+    for mode in VIRTUAL:
+        vm = boot(mode, "compute")
+        vm.machine.add_breakpoint(init)
+        result = vm.run()
+        assert result.status == "breakpoint", result.message
+        real, st = native.machine.state, vm.state
+        assert [int(x) for x in st[0:9]] == [int(x) for x in real[0:9]]  # registers, EIP
+        assert int(st[S.EFLAGS]) & 0xCD5 == int(real[S.EFLAGS]) & 0xCD5  # arithmetic flags
+        assert vm.vcpu.vif == bool(real[S.EFLAGS] & S.FLAG_IF)
+        v = vm.vcpu
+        assert (v.cr0, v.cr3) == (int(real[S.CR0]), int(real[S.CR3]))
+        assert v.gdtr == (int(real[S.GDTR_BASE]), int(real[S.GDTR_LIMIT]))
+        assert v.idtr == (int(real[S.IDTR_BASE]), int(real[S.IDTR_LIMIT]))
+        assert v.tr == int(real[S.TR])
+        assert int(st[S.CS]) == int(real[S.CS]) == 0x1B  # user mode is not deprivileged
+
+
+RED_PILL = """
+    bits 32
+    org 0x1000
+    lidt [idt_pointer]      ; traps: the VMM records the guest's IDT
+    sidt [stored]           ; does not trap: the real IDTR shows
+    mov eax, [stored + 2]
+    out 0xf4, al            ; (the exit port ends the run)
+idt_pointer:
+    dw 0x7ff
+    dd 0x20000
+stored:
+    dd 0, 0
+"""
+
+
+def _kernel_vm(kind, source: str, host: Host | None = None) -> TrapEmulateVM:
+    host = host or Host(GUEST_RAM + VMM_AREA)
+    machine = host.new_machine(GUEST_RAM + VMM_AREA)
+    program = assemble(source)
+    machine.load(program.origin, program.code)
+    machine.eip = program.origin
+    text = (program.origin, program.origin + len(program.code))
+    return kind(machine, GUEST_RAM, kernel_text=text), program
+
+
+def test_red_pill_sidt_shows_the_vmms_idt_not_the_guests():
+    vm, program = _kernel_vm(TrapEmulateVM, RED_PILL)
+    vm.run(10_000)
+    stored = vm.machine.read32(program.symbols["stored"] + 2)
+    assert stored == 0xFFC00800 and vm.vcpu.idtr == (0x20000, 0x7FF)
+    # Binary translation rewrites the kernel's SIDT: the guest sees its own IDT.
+    vm, program = _kernel_vm(BinaryTranslationVM, RED_PILL)
+    vm.run(10_000)
+    assert vm.machine.read32(program.symbols["stored"] + 2) == 0x20000
+
+
+ESCAPE = """
+    bits 32
+    org 0x1000
+    mov esp, 0x9000
+    lidt [idt_pointer]
+    mov dword [0x10000], 0x11007          ; PDE 0 -> page table at 0x11000
+    xor ecx, ecx
+map:
+    mov eax, ecx
+    shl eax, 12
+    or eax, 7
+    mov [0x11000 + ecx*4], eax            ; identity-map the first 32 pages
+    inc ecx
+    cmp ecx, 32
+    jne map
+    mov dword [0x11000 + 20*4], TARGET | 7  ; ... but page 20 -> TARGET
+    mov eax, 0x10000
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+    mov dword [0x14000], 0xdeadbeef       ; write through the forged mapping
+    mov al, 'W'                           ; (it worked: the isolation failed)
+    out 0xe9, al
+    mov al, 0
+    out 0xf4, al
+page_fault:
+    mov al, 'F'
+    out 0xe9, al
+    mov al, 1
+    out 0xf4, al
+idt_pointer:
+    dw 0x7f
+    dd idt
+idt:
+    times 28 dd 0                         ; vectors 0..13: no gate
+    dw page_fault, 0x08, 0x8e00, 0        ; vector 14: #PF
+"""
+
+
+@pytest.mark.parametrize("target", [GUEST_RAM, GUEST_RAM + VMM_AREA, 0x7FFF0000])
+def test_a_guest_cannot_write_outside_its_ram_whatever_its_page_tables_say(target):
+    host = Host(2 * (GUEST_RAM + VMM_AREA))
+    vm, _ = _kernel_vm(TrapEmulateVM, ESCAPE.replace("TARGET", hex(target)), host)
+    neighbour = host.new_machine(GUEST_RAM + VMM_AREA)
+    before = host.memory.copy()
+    result = vm.run(100_000)
+    assert result.console == "F" and result.exit_code == 1  # a page fault, in the guest
+    assert result.stats["shadow"]["true faults"] == 1
+    outside = host.memory.copy()
+    outside[:GUEST_RAM] = before[:GUEST_RAM]  # (the guest's own RAM may change)
+    vmm_area = slice(GUEST_RAM, GUEST_RAM + VMM_AREA)
+    outside[vmm_area] = before[vmm_area]  # (its shadow tables change, not by the guest)
+    end = host.memory_size  # (after it: the core's fetch scratch, in no window)
+    assert (outside[:end] == before[:end]).all()
+    assert neighbour.read(0, 16) == bytes(16)
+
+
+def test_four_guests_run_side_by_side_exactly_as_each_runs_alone():
+    host = Host(5 * (GUEST_RAM + VMM_AREA))
+    plan = [
+        ("trap-emulate", "syscalls"),
+        ("binary-translation", "spawn"),
+        ("trap-emulate", "pagetable"),
+        ("binary-translation", "io"),
+    ]
+    vms = [boot(mode, w, host=host, name=f"vm{i}") for i, (mode, w) in enumerate(plan)]
+    results = run_side_by_side(vms, slice_instructions=20_000)
+    for (mode, workload), result in zip(plan, results, strict=True):
+        alone = boot(mode, workload).run()
+        assert result.ok and result.console == alone.console
+        assert result.stats == alone.stats  # exits and cycles too: slicing changes nothing
+
+
+def test_bad_mode_and_workload_are_clear_errors():
+    with pytest.raises(ValueError, match="no mode 'vt'"):
+        boot("vt", "compute")
+    with pytest.raises(ValueError, match="no workload 'x'"):
+        boot("trap-emulate", "x")
+    assert MODES == ("native", "trap-emulate", "binary-translation")
+
+
+def test_cli_compare_json_is_one_object_keyed_by_mode():
+    out = vm_command("run", "--workload", "syscalls", "--compare", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert list(report) == list(MODES)
+    for entry in report.values():
+        assert "syscalls: 2000 getpid calls" in entry["console"]
+        assert entry["exits"] == sum(entry["exits_by_reason"].values())
+    assert report["native"]["exits"] == 0 and report["trap-emulate"]["exits"] > 2000
+
+
+def test_cli_compare_table_and_no_patch_report():
+    out = vm_command("run", "--workload", "syscalls", "--compare")
+    assert out.returncode == 0, out.stderr
+    assert "trap-emulate" in out.stdout and "binary-translation" in out.stdout
+    assert "INT 0x80" in out.stdout
+    out = vm_command("run", "--workload", "sleeper", "--mode", "trap-emulate", "--no-patch")
+    assert out.returncode == 1
+    assert "POPF at 0x" in out.stderr and "Traceback" not in out.stderr
+    out = vm_command("run", "--mode", "native", "--no-patch")
+    assert out.returncode == 2 and "error: --no-patch" in out.stderr
