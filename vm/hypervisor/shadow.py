@@ -39,6 +39,7 @@ class ShadowPager:
         self, window: np.ndarray, state: np.ndarray, ram_size: int, area: int, area_size: int
     ):
         self.words = window.view(np.uint32)  # the VM's memory as dwords (page tables)
+        self.wv = memoryview(self.words)  # the same, as Python ints (fast to index)
         self.state = state
         self.ram_size = ram_size
         self.area = area
@@ -47,6 +48,7 @@ class ShadowPager:
         self.first_free = area + 2 * PAGE
         self.area_end = area + area_size
         self.counts: Counter = Counter()
+        self.protected_frames: set[int] = set()
         self.words[self.vmm_table // 4] = self.vmm_page | P
         self.reset()
 
@@ -61,12 +63,13 @@ class ShadowPager:
         self.users: dict[int, set[tuple[int, int]]] = defaultdict(set)  # shadow PT -> PDEs
         self.writable: dict[int, set[tuple[int, int]]] = defaultdict(set)  # frame -> RW PTEs
         self.flood: Counter = Counter()
+        self.protected_frames.clear()  # write-protected: guest tables that shadows mirror
         self.current = -1
         self.current_key = -2
 
     def protected(self, frame: int) -> bool:
         """Is this guest frame one of the guest's page tables that a shadow was built from?"""
-        return frame in self.space_of_directory or frame in self.tables_of_guest
+        return frame in self.protected_frames
 
     def _alloc(self) -> int:
         if not self.free:
@@ -81,6 +84,7 @@ class ShadowPager:
 
     def _protect(self, frame: int) -> None:
         """Make every writable shadow mapping of a guest frame read-only."""
+        self.protected_frames.add(frame)
         for table, index in self.writable.pop(frame, ()):
             self.words[table // 4 + index] &= 0xFFFFFFFF ^ RW
         self.flush_tlb()
@@ -129,7 +133,7 @@ class ShadowPager:
         """A dword of guest-physical memory (-1 outside the guest's RAM)."""
         if not 0 <= address <= self.ram_size - 4:
             return -1
-        return int(self.words[address >> 2])
+        return self.wv[address >> 2]
 
     def guest_walk(self, linear: int, cr3: int) -> tuple[int, int, int, int]:
         """(PDE address, PDE, PTE address, PTE) of linear in the guest's tables (-1: none)."""
@@ -247,6 +251,7 @@ class ShadowPager:
                 self._clear(table, i)
             self.free.append(table)
         self.flood.pop(frame, None)
+        self.protected_frames.discard(frame)
 
     def invlpg(self, linear: int) -> None:
         """INVLPG: forget the shadow entry of one page."""

@@ -32,13 +32,15 @@ from vm.cpu.cost import DEFAULT, CostModel
 from vm.cpu.exits import ExitReason
 from vm.hypervisor.decoder import Instruction, decode, effective_address, instruction_length
 from vm.hypervisor.shadow import HIDDEN, TABLE_WRITE, VMM_LINEAR, ShadowPager
-from vm.hypervisor.vmm import NO_ERROR_CODE, VM, VMStopped, exit_name
+from vm.hypervisor.vmm import NO_ERROR_CODE, VM, VMStopped
 from vm.machine import Machine, vector_name
 
 VMM_AREA = 1 << 20  # the VMM's memory above each guest's RAM: descriptor tables, shadows
 GDT_OFFSET, TSS_OFFSET, IDT_OFFSET = 0, 0x700, 0x800  # in the VMM's page at VMM_LINEAR
 RING1_CODE, RING1_DATA = 0x09, 0x11  # the reset GDT's flat segments, at ring 1
 SAFE_FLAGS = 0x00254FD5  # what POPF and IRET may change (not IF, IOPL, VM)
+FAULT_NAMES = [vector_name(v) for v in range(256)]  # exits by reason: '#GP', 'INT 0x80'
+REFLECT_TEXT = [f"{name} to the guest kernel" for name in FAULT_NAMES]
 HANG_TICKS = 5  # ticks a halted vCPU with IF clear is given before the VMM calls it a hang
 
 # What each patching strategy rewrites in the guest kernel's text.
@@ -68,9 +70,12 @@ class TrapEmulateVM(VM):
             raise ValueError("the machine needs VMM_AREA bytes above the guest's RAM")
         self.ram_size = ram_size
         self.patch = patch
-        st = self.state
-        self.shadow = ShadowPager(machine.window, st, ram_size, ram_size, VMM_AREA)
+        st = self.sv
+        self.shadow = ShadowPager(machine.window, self.state, ram_size, ram_size, VMM_AREA)
         self.words = self.shadow.words
+        self.wv = memoryview(self.words)  # the same, as Python ints (fast to index)
+        self.bv = memoryview(machine.window)  # and as bytes
+        self.protected = self.shadow.protected_frames  # guest frames that are shadowed tables
         self.window = machine.window
         # The real CPU: ring 1, paging on (shadow tables), every event exits to the VMM.
         self.gdt = np.zeros(256 * 2, dtype=np.uint32)
@@ -94,6 +99,11 @@ class TrapEmulateVM(VM):
         self.lost_enable = -1
         self.check_shadow = False  # tests: compare the shadow with the guest's tables each exit
         self.decoded: dict[bytes, Instruction | None] = {}
+        self.guest_tlb: dict[int, int] = {}  # guest linear page -> guest frame
+        self.site_text = {name: f"{name} at a {self.site_kind} site" for name in TRANSLATED}
+        self.emulators = {
+            name: getattr(self, f"emulate_{name}") for name in TRANSLATED
+        }  # mnemonic -> its emulator (emulate_cli, ...)
         if kernel_text is not None:
             self.prepare_kernel(*kernel_text)
 
@@ -130,51 +140,110 @@ class TrapEmulateVM(VM):
     site_kind = "patched"
 
     # ---- guest memory, as the guest sees it ----------------------------------------------------
-    def translate(self, linear: int, write: bool = False) -> int:
-        """The guest-physical address of a guest linear address (-1: the guest maps none)."""
+    def translate(self, linear: int) -> int:
+        """The guest-physical address of a guest linear address (-1: the guest maps none).
+
+        Like a CPU, the VMM caches translations (a dict by page) and forgets them when
+        the guest reloads CR3, executes INVLPG, or writes a page table it shadows.
+        """
+        frame = self.guest_tlb.get(linear >> 12)
+        if frame is None:
+            frame = self._walk(linear)
+            if frame >= 0:
+                self.guest_tlb[linear >> 12] = frame
+        return frame | (linear & 0xFFF) if frame >= 0 else -1
+
+    def _walk(self, linear: int) -> int:
         v = self.vcpu
         if not v.paging:
-            return linear if 0 <= linear < self.ram_size else -1
-        _, pde, _, pte = self.shadow.guest_walk(linear, v.cr3)
-        if pde < 0 or pte < 0 or not pde & pte & 1:
-            return -1
-        frame = pte & ~0xFFF
-        return frame | (linear & 0xFFF) if frame < self.ram_size else -1
+            frame = linear & ~0xFFF
+        else:
+            _, pde, _, pte = self.shadow.guest_walk(linear, v.cr3)
+            if pde < 0 or pte < 0 or not pde & pte & 1:
+                return -1
+            frame = pte & ~0xFFF
+        return frame if 0 <= frame < self.ram_size else -1
 
     def read_linear(self, linear: int, size: int = 4) -> int:
-        physical = self.translate(linear)
-        if physical < 0 or (physical & 0xFFF) + size > 4096:
-            if physical >= 0:
-                return int.from_bytes(self.read_bytes(linear, size), "little")
+        """A little-endian value of guest memory at a guest linear address."""
+        frame = self.guest_tlb.get(linear >> 12)
+        if frame is not None and (linear & 0xFFF) <= 4096 - size:
+            physical = frame | (linear & 0xFFF)
+            if size == 4 and not physical & 3:
+                return self.wv[physical >> 2]
+            return int.from_bytes(self.bv[physical : physical + size], "little")
+        data = self.read_bytes(linear, size)
+        if len(data) < size:
             raise VMStopped("fault", f"the VMM cannot read guest address {linear:#x}")
-        return int.from_bytes(self.window[physical : physical + size].tobytes(), "little")
+        return int.from_bytes(data, "little")
+
+    def read_stack(self, esp: int, count: int) -> list[int]:
+        """count dwords of guest memory from esp up (a stack frame, an IDT gate)."""
+        frame = self.guest_tlb.get(esp >> 12)
+        if frame is not None and not esp & 3 and (esp & 0xFFF) <= 4096 - 4 * count:
+            i = (frame | (esp & 0xFFF)) >> 2
+            return self.wv[i : i + count].tolist()
+        return [self.read_linear(esp + 4 * k) for k in range(count)]
 
     def read_bytes(self, linear: int, size: int) -> bytes:
-        out = bytearray()
+        """Up to size bytes of guest memory (fewer where the guest maps no more)."""
+        out = b""
+        while len(out) < size:
+            at = linear + len(out)
+            physical = self.translate(at)
+            if physical < 0:
+                break
+            n = min(size - len(out), 4096 - (physical & 0xFFF))
+            out += self.bv[physical : physical + n].tobytes()
+        return out
+
+    def write_linear(self, linear: int, value: int, size: int = 4) -> None:
+        """Store a value into guest memory (as the guest would: page tables stay in sync)."""
+        frame = self.guest_tlb.get(linear >> 12)
+        if frame is not None and size == 4 and not linear & 3 and frame not in self.protected:
+            self.wv[(frame | (linear & 0xFFF)) >> 2] = value & 0xFFFFFFFF
+            return
+        data = (value & 0xFFFFFFFF).to_bytes(4, "little")[:size]
         for k in range(size):
             physical = self.translate(linear + k)
             if physical < 0:
-                break
-            out.append(int(self.window[physical]))
-        return bytes(out)
-
-    def write_linear(self, linear: int, value: int, size: int = 4) -> None:
-        for k, byte in enumerate((value & 0xFFFFFFFF).to_bytes(4, "little")[:size]):
-            physical = self.translate(linear + k, write=True)
-            if physical < 0:
                 raise VMStopped("fault", f"the VMM cannot write guest address {linear:#x}")
-            self.window[physical] = byte
+            frame = physical & ~0xFFF
+            if self.shadow.protected(frame):
+                before = self.words[frame // 4 : frame // 4 + 1024].copy()
+                self.bv[physical] = data[k]
+                self.shadow.table_written(frame, before)
+                self.guest_tlb.clear()
+            else:
+                self.bv[physical] = data[k]
+
+    def push_stack(self, esp: int, values: list[int]) -> int:
+        """Push values (first pushed first) onto the guest stack at esp; the new ESP."""
+        top = esp - 4 * len(values)
+        frame = self.guest_tlb.get(top >> 12)
+        one_page = top >= 0 and top >> 12 == (esp - 1) >> 12 and not esp & 3
+        if frame is not None and one_page and frame not in self.protected:
+            i = (frame | (esp & 0xFFF)) >> 2 if esp & 0xFFF else (frame + 4096) >> 2
+            wv = self.wv
+            for value in values:
+                i -= 1
+                wv[i] = value & 0xFFFFFFFF
+            return top
+        for value in values:
+            esp = (esp - 4) & 0xFFFFFFFF
+            self.write_linear(esp, value)
+        return esp
 
     # ---- the vCPU's view of the real registers ----------------------------------------------
     def virtual_eflags(self) -> int:
-        flags = int(self.state[S.EFLAGS]) & ~S.FLAG_IF
+        flags = int(self.sv[S.EFLAGS]) & ~S.FLAG_IF
         return flags | (S.FLAG_IF if self.vcpu.vif else 0)
 
     def set_flags_from_guest(self, value: int) -> None:
         """POPF/IRET as the guest meant them: IF goes to the vCPU, the real IF stays on."""
         self.vcpu.vif = bool(value & S.FLAG_IF)
-        real = int(self.state[S.EFLAGS])
-        self.state[S.EFLAGS] = (real & ~SAFE_FLAGS) | (value & SAFE_FLAGS) | S.FLAG_IF | 2
+        real = int(self.sv[S.EFLAGS])
+        self.sv[S.EFLAGS] = (real & ~SAFE_FLAGS) | (value & SAFE_FLAGS) | S.FLAG_IF | 2
 
     @staticmethod
     def guest_selector(real: int) -> int:
@@ -186,8 +255,8 @@ class TrapEmulateVM(VM):
         page = self.shadow.vmm_page
         raw = self.gdt.view(np.uint8)
         self.window[page + GDT_OFFSET : page + GDT_OFFSET + raw.size] = raw
-        self.state[S.GDTR_BASE] = VMM_LINEAR + GDT_OFFSET
-        self.state[S.GDTR_LIMIT] = min(limit, raw.size - 1)
+        self.sv[S.GDTR_BASE] = VMM_LINEAR + GDT_OFFSET
+        self.sv[S.GDTR_LIMIT] = min(limit, raw.size - 1)
 
     def load_gdt(self, base: int, limit: int) -> None:
         """LGDT: the real GDT becomes the guest's, its ring 0 segments moved to ring 1."""
@@ -204,7 +273,7 @@ class TrapEmulateVM(VM):
     # ---- entering the guest --------------------------------------------------------------------
     def before_entry(self) -> None:
         """Inject a virtual interrupt when the guest's IF allows it."""
-        if self.vcpu.vif or int(self.state[S.CS]) & 3 == 3:
+        if self.vcpu.vif or int(self.sv[S.CS]) & 3 == 3:
             vector = self.pic.deliverable()
             if vector >= 0:
                 self.pic.acknowledge(vector)
@@ -212,71 +281,70 @@ class TrapEmulateVM(VM):
                 self.record(
                     "inject", f"virtual IRQ {vector - self.pic.vector_base} as vector {vector:#x}"
                 )
-                self.reflect(vector, NO_ERROR_CODE, int(self.state[S.EIP]))
+                self.reflect(vector, NO_ERROR_CODE, int(self.sv[S.EIP]))
 
     def reflect(self, vector: int, error: int, return_eip: int, software: bool = False) -> None:
         """Deliver an exception or interrupt to the guest kernel through its own IDT."""
-        st, v = self.state, self.vcpu
+        st, v = self.sv, self.vcpu
         base, limit = v.idtr
         if vector * 8 + 7 > limit:
             raise VMStopped("fault", f"the guest's IDT has no gate for {vector_name(vector)}")
-        low, high = self.read_linear(base + 8 * vector), self.read_linear(base + 8 * vector + 4)
-        cpl = int(st[S.CS]) & 3
+        low, high = self.read_stack(base + 8 * vector, 2)
+        cpl = st[S.CS] & 3
         if not high & 0x8000:
             raise VMStopped("fault", f"the guest's gate for {vector_name(vector)} is not present")
         if software and (high >> 13) & 3 < cpl:
             return self.reflect(13, vector * 8 + 2, return_eip - 2)
-        frame = [self.virtual_eflags(), self.guest_selector(int(st[S.CS])), return_eip]
-        esp = int(st[S.ESP])
+        real_flags = st[S.EFLAGS]
+        guest_flags = real_flags & ~S.FLAG_IF | (S.FLAG_IF if v.vif else 0)
+        frame = [guest_flags, st[S.CS] & ~3 if cpl == 1 else st[S.CS], return_eip]
+        esp = st[S.ESP]
         if cpl == 3:  # from guest user mode: onto the guest kernel's stack, from its TSS
-            frame = [int(st[S.SS]), esp, *frame]
-            esp = self.read_linear(v.tss_base + 4)
-            st[S.SS] = (self.read_linear(v.tss_base + 8) & 0xFFFC) | 1
+            frame = [st[S.SS], esp, *frame]
+            esp0_ss0 = int.from_bytes(self.read_bytes(v.tss_base + 4, 8), "little")
+            esp = esp0_ss0 & 0xFFFFFFFF
+            st[S.SS] = (esp0_ss0 >> 32) & 0xFFFC | 1
         if error >= 0:
             frame.append(error)
-        for value in frame:
-            esp = (esp - 4) & 0xFFFFFFFF
-            self.write_linear(esp, value)
-        st[S.ESP] = esp
+        st[S.ESP] = self.push_stack(esp, frame)
         st[S.CS] = ((low >> 16) & 0xFFFC) | 1
         st[S.EIP] = (low & 0xFFFF) | (high & 0xFFFF0000)
-        st[S.EFLAGS] = (int(st[S.EFLAGS]) & ~(S.FLAG_TF | 0x4000)) | S.FLAG_IF
+        st[S.EFLAGS] = real_flags & ~(S.FLAG_TF | 0x4000) | S.FLAG_IF
         if (high >> 8) & 0xF == 0xE:  # an interrupt gate clears IF
             v.vif = False
         self.acct.reflected += 1
         self.charge(self.cost.emulation)
 
     # ---- exit handlers ---------------------------------------------------------------------
-    def exit_cost(self) -> int:
+    @property
+    def trap_cycles(self) -> int:
         """Cycles for one trip guest -> VMM -> guest (a trap and the return)."""
         return self.cost.vm_exit
 
     def handle_fault(self) -> None:
-        st = self.state
-        vector, error = int(st[S.EXIT_VECTOR]), int(st[S.EXIT_ERROR])
-        eip = int(st[S.EIP])
-        cpl = int(st[S.CS]) & 3
+        st = self.sv
+        vector, error, eip, cpl = st[S.EXIT_VECTOR], st[S.EXIT_ERROR], st[S.EIP], st[S.CS] & 3
         if cpl == 3:
             self.vcpu.vif = True  # user code runs with interrupts on (it cannot clear IF)
         if vector == 3 and cpl == 1 and eip - 1 in self.sites:
             self.callout(eip - 1)
         else:
-            self.acct.exits[exit_name(ExitReason.FAULT, vector)] += 1
-            self.charge(self.exit_cost())
+            self.acct.exits[FAULT_NAMES[vector & 0xFF]] += 1
+            self.charge(self.trap_cycles)
             if vector == 13 and cpl == 1 and self.emulate_privileged(eip):
                 pass
             elif vector == 14:
                 self.page_fault(int(st[S.CR2]), error, eip)
             else:
                 software = vector >= 32 or vector == 3
-                self.record("reflect", f"{vector_name(vector)} to the guest kernel")
+                self.record("reflect", REFLECT_TEXT[vector & 0xFF])
                 self.reflect(vector, error if not software else NO_ERROR_CODE, eip, software)
         if self.check_shadow:
             self.assert_shadow_consistent()
 
     def handle_interrupt(self) -> None:
         self.acct.exits["INTERRUPT"] += 1
-        self.charge(self.exit_cost())
+        self.charge(self.trap_cycles)
         if not self.pic.request(0):
             self.acct.lost_ticks += 1
         self.record("exit", "timer tick (virtual IRQ 0 pending)")
@@ -284,7 +352,7 @@ class TrapEmulateVM(VM):
     def handle_breakpoint(self) -> None:
         """Unpatched mode: a watched POPF is about to run; see whether it loses IF.
         Any other breakpoint (one a lesson or test set) stops the run there."""
-        st = self.state
+        st = self.sv
         if int(st[S.EIP]) not in self.watched:
             raise VMStopped("breakpoint", f"breakpoint at {int(st[S.EIP]):#x}")
         popped = self.read_linear(int(st[S.ESP]))
@@ -314,105 +382,155 @@ class TrapEmulateVM(VM):
     def callout(self, site: int) -> None:
         """A rewritten site ran: do what its original instruction meant."""
         ins = self.sites[site]
-        self.state[S.EIP] = site
+        self.sv[S.EIP] = site
         self.acct.emulated[ins.mnemonic] += 1
         self.charge_callout()
-        self.record("emulate", f"{ins.mnemonic} at a {self.site_kind} site", site)
+        self.record("emulate", self.site_text[ins.mnemonic], site)
         self.emulate(ins, site)
 
     def charge_callout(self) -> None:
         """Patched sites trap (INT3): an exit and an emulation."""
         self.acct.exits["#BP"] += 1
-        self.charge(self.exit_cost() + self.cost.emulation)
+        self.charge(self.trap_cycles + self.cost.emulation)
 
     def emulate(self, ins: Instruction, eip: int) -> bool:
-        """Carry out ins on the vCPU; False when it is not one the VMM emulates."""
-        st, v = self.state, self.vcpu
-        name = ins.mnemonic
-        regs = [int(x) for x in st[0:8]]
-        next_eip = (eip + ins.length) & 0xFFFFFFFF
-        if name == "cli":  # FA  CLI
-            v.vif = False
-            self.last_cli = eip
-        elif name == "sti":  # FB  STI
-            v.vif = True
-        elif name == "pushf":  # 9C  PUSHFD
-            esp = (regs[S.ESP] - 4) & 0xFFFFFFFF
-            self.write_linear(esp, self.virtual_eflags())
-            st[S.ESP] = esp
-        elif name == "popf":  # 9D  POPFD
-            self.set_flags_from_guest(self.read_linear(regs[S.ESP]))
-            st[S.ESP] = (regs[S.ESP] + 4) & 0xFFFFFFFF
-        elif name == "iret":  # CF  IRETD
-            self.emulate_iret(regs[S.ESP])
-            return True
-        elif name == "hlt":  # F4  HLT
-            st[S.EIP] = next_eip
-            self.emulate_hlt(eip)
-            return True
-        elif name in ("in", "out"):  # E4-E7 IN/OUT imm8;  EC-EF IN/OUT DX
-            port = ins.port if ins.port >= 0 else regs[S.EDX] & 0xFFFF
-            mask = 0xFF if ins.size == 1 else 0xFFFFFFFF
-            if ins.is_in:
-                value = self.port_in(port, ins.size) & mask
-                st[S.EAX] = (regs[S.EAX] & ~mask & 0xFFFFFFFF) | value
-            else:
-                st[S.EIP] = next_eip  # (an exit port write may end the run here)
-                self.port_out(port, regs[S.EAX] & mask, ins.size)
-        elif name == "mov_to_cr":  # 0F 22 /r  MOV CRn, r32
-            self.write_cr(ins.reg, regs[ins.rm])
-        elif name == "mov_from_cr":  # 0F 20 /r  MOV r32, CRn
-            st[ins.rm] = (v.cr0, 0, v.cr2, v.cr3, v.cr4, 0, 0, 0)[ins.reg]
-        elif name in ("lgdt", "lidt"):  # 0F 01 /2  LGDT m;  0F 01 /3  LIDT m
-            at = effective_address(ins, regs)
-            limit, base = self.read_linear(at, 2), self.read_linear(at + 2)
-            if name == "lgdt":
-                self.load_gdt(base, limit)
-            else:
-                v.idtr = (base, limit)
-        elif name in ("sgdt", "sidt"):  # 0F 01 /0  SGDT m;  0F 01 /1  SIDT m (the guest's own)
-            at = effective_address(ins, regs)
-            base, limit = v.gdtr if name == "sgdt" else v.idtr
-            self.write_linear(at, limit, 2)
-            self.write_linear(at + 2, base)
-        elif name == "ltr":  # 0F 00 /3  LTR r/m16
-            selector = (
-                regs[ins.rm] & 0xFFFF
-                if not ins.is_memory
-                else self.read_linear(effective_address(ins, regs), 2)
-            )
-            base, _ = v.gdtr
-            low, high = (
-                self.read_linear(base + (selector & ~7)),
-                self.read_linear(base + (selector & ~7) + 4),
-            )
-            v.tr = selector
-            v.tss_base = ((low >> 16) & 0xFFFF) | ((high & 0xFF) << 16) | (high & 0xFF000000)
-            st[S.TR] = selector
-        elif name in ("str", "sldt", "smsw"):  # 0F 00 /1  STR;  0F 00 /0  SLDT;  0F 01 /4  SMSW
-            value = {"str": v.tr, "sldt": 0, "smsw": v.cr0 & 0xFFFF}[name]
-            if ins.is_memory:
-                self.write_linear(effective_address(ins, regs), value, 2)
-            else:
-                st[ins.rm] = value
-        elif name == "invlpg":  # 0F 01 /7  INVLPG m
-            self.shadow.invlpg(effective_address(ins, regs))
-        elif name == "mov_to_sreg":  # 8E /r  MOV Sreg, r/m16 (SS: the guest's ring 0 is ring 1)
-            selector = (
-                regs[ins.rm] & 0xFFFF
-                if not ins.is_memory
-                else self.read_linear(effective_address(ins, regs), 2)
-            )
-            if selector & 3 == 0 and selector:
-                selector |= 1
-            slot = (S.ES, S.CS, S.SS, S.DS, S.FS, S.GS)[ins.reg]
-            if slot == S.CS:
-                return False
-            st[slot] = selector
-        else:
+        """Carry out ins on the vCPU; False when it is not one the VMM emulates.
+
+        EIP moves past the instruction first; IRET and HLT set it themselves.
+        """
+        emulator = self.emulators.get(ins.mnemonic)
+        if emulator is None:
             return False
-        st[S.EIP] = next_eip
+        st = self.sv
+        st[S.EIP] = (eip + ins.length) & 0xFFFFFFFF
+        if emulator(ins, eip, st[0:8].tolist()) is False:
+            st[S.EIP] = eip
+            return False
         return True
+
+    # One small emulator per instruction: (instruction, its EIP, the general registers).
+    def emulate_cli(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+        """FA  CLI: the guest's IF, not the real one."""
+        self.vcpu.vif = False
+        self.last_cli = eip
+
+    def emulate_sti(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+        """FB  STI."""
+        self.vcpu.vif = True
+
+    def emulate_pushf(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+        """9C  PUSHFD: push the flags with the guest's IF."""
+        self.sv[S.ESP] = self.push_stack(regs[S.ESP], [self.virtual_eflags()])
+
+    def emulate_popf(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+        """9D  POPFD: IF goes to the vCPU."""
+        self.set_flags_from_guest(self.read_linear(regs[S.ESP]))
+        self.sv[S.ESP] = (regs[S.ESP] + 4) & 0xFFFFFFFF
+
+    def emulate_iret(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+        """CF  IRETD: back to the guest kernel (at ring 1) or to user mode."""
+        st = self.sv
+        esp = regs[S.ESP]
+        new_eip, cs, flags = self.read_stack(esp, 3)
+        cs &= 0xFFFF
+        if cs & 3 == 3:
+            user_esp, user_ss = self.read_stack(esp + 12, 2)
+            st[S.ESP] = user_esp
+            st[S.SS] = user_ss & 0xFFFF
+            st[S.CS] = cs
+        else:
+            st[S.ESP] = (esp + 12) & 0xFFFFFFFF
+            st[S.CS] = (cs & ~3) | 1
+        st[S.EIP] = new_eip
+        self.set_flags_from_guest(flags)
+
+    def emulate_in(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+        """E4/E5 ib  IN AL/EAX, imm8;  EC/ED  IN AL/EAX, DX: the VM's devices answer."""
+        port = ins.port if ins.port >= 0 else regs[S.EDX] & 0xFFFF
+        mask = 0xFF if ins.size == 1 else 0xFFFFFFFF
+        value = self.port_in(port, ins.size) & mask
+        self.sv[S.EAX] = (regs[S.EAX] & ~mask & 0xFFFFFFFF) | value
+
+    def emulate_out(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+        """E6/E7 ib  OUT imm8, AL/EAX;  EE/EF  OUT DX, AL/EAX."""
+        port = ins.port if ins.port >= 0 else regs[S.EDX] & 0xFFFF
+        mask = 0xFF if ins.size == 1 else 0xFFFFFFFF
+        self.port_out(port, regs[S.EAX] & mask, ins.size)
+
+    def emulate_mov_to_cr(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+        """0F 22 /r  MOV CRn, r32."""
+        self.write_cr(ins.reg, regs[ins.rm])
+
+    def emulate_mov_from_cr(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+        """0F 20 /r  MOV r32, CRn: the guest's own control registers."""
+        v = self.vcpu
+        self.sv[ins.rm] = (v.cr0, 0, v.cr2, v.cr3, v.cr4, 0, 0, 0)[ins.reg]
+
+    def emulate_lgdt(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+        """0F 01 /2  LGDT m16&32."""
+        at = effective_address(ins, regs)
+        self.load_gdt(self.read_linear(at + 2), self.read_linear(at, 2))
+
+    def emulate_lidt(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+        """0F 01 /3  LIDT m16&32: the guest's IDT (the real one stays the VMM's)."""
+        at = effective_address(ins, regs)
+        self.vcpu.idtr = (self.read_linear(at + 2), self.read_linear(at, 2))
+
+    def emulate_sgdt(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+        """0F 01 /0  SGDT m (translated): the guest's own GDTR, not the real one."""
+        self._store_table_register(ins, regs, self.vcpu.gdtr)
+
+    def emulate_sidt(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+        """0F 01 /1  SIDT m (translated): the guest's own IDTR: no red pill."""
+        self._store_table_register(ins, regs, self.vcpu.idtr)
+
+    def _store_table_register(self, ins: Instruction, regs: list[int], value) -> None:
+        base, limit = value
+        at = effective_address(ins, regs)
+        self.write_linear(at, limit, 2)
+        self.write_linear(at + 2, base)
+
+    def emulate_ltr(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+        """0F 00 /3  LTR r/m16: remember the guest's TSS (its ESP0 and SS0)."""
+        v = self.vcpu
+        selector = self.operand16(ins, regs)
+        low, high = self.read_stack(v.gdtr[0] + (selector & ~7), 2)
+        v.tr = selector
+        v.tss_base = ((low >> 16) & 0xFFFF) | ((high & 0xFF) << 16) | (high & 0xFF000000)
+        self.sv[S.TR] = selector
+
+    def emulate_str(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+        """0F 00 /1  STR r/m16 (translated)."""
+        self._store16(ins, regs, self.vcpu.tr)
+
+    def emulate_sldt(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+        """0F 00 /0  SLDT r/m16 (translated): there is never an LDT."""
+        self._store16(ins, regs, 0)
+
+    def emulate_smsw(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+        """0F 01 /4  SMSW r/m16 (translated): the guest's CR0."""
+        self._store16(ins, regs, self.vcpu.cr0 & 0xFFFF)
+
+    def _store16(self, ins: Instruction, regs: list[int], value: int) -> None:
+        if ins.is_memory:
+            self.write_linear(effective_address(ins, regs), value, 2)
+        else:
+            self.sv[ins.rm] = value
+
+    def emulate_invlpg(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+        """0F 01 /7  INVLPG m."""
+        self.shadow.invlpg(effective_address(ins, regs))
+        self.guest_tlb.clear()
+
+    def emulate_mov_to_sreg(self, ins: Instruction, eip: int, regs: list[int]) -> bool | None:
+        """8E /r  MOV Sreg, r/m16: a ring 0 selector is loaded at ring 1."""
+        if ins.reg in (1, 6, 7):  # CS cannot be loaded so; there are six segment registers
+            return False
+        selector = self.operand16(ins, regs)
+        if selector & 3 == 0 and selector:
+            selector |= 1
+        self.sv[(S.ES, S.CS, S.SS, S.DS, S.FS, S.GS)[ins.reg]] = selector
+        return None
 
     def operand16(self, ins: Instruction, regs: list[int]) -> int:
         """The r/m16 operand of ins: a register, or a word of guest memory."""
@@ -420,24 +538,9 @@ class TrapEmulateVM(VM):
             return self.read_linear(effective_address(ins, regs), 2)
         return regs[ins.rm] & 0xFFFF
 
-    def emulate_iret(self, esp: int) -> None:
-        """IRET as the guest meant it: back to its kernel (ring 1) or to user mode."""
-        st = self.state
-        eip, cs, flags = (self.read_linear(esp + 4 * k) for k in range(3))
-        cs &= 0xFFFF
-        if cs & 3 == 3:
-            st[S.ESP] = self.read_linear(esp + 12)
-            st[S.SS] = self.read_linear(esp + 16) & 0xFFFF
-            st[S.CS] = cs
-        else:
-            st[S.ESP] = (esp + 12) & 0xFFFFFFFF
-            st[S.CS] = (cs & ~3) | 1
-        st[S.EIP] = eip
-        self.set_flags_from_guest(flags)
-
-    def emulate_hlt(self, eip: int) -> None:
+    def emulate_hlt(self, ins: Instruction, eip: int, regs: list[int]) -> None:
         """HLT: wait for the next virtual interrupt, or report a vCPU that can never wake."""
-        st = self.state
+        st = self.sv
         period = int(st[S.TIMER_PERIOD])
         if self.vcpu.vif:
             if self.pic.deliverable() < 0:
@@ -467,6 +570,7 @@ class TrapEmulateVM(VM):
     def write_cr(self, cr: int, value: int) -> None:
         """MOV CRn: the vCPU's control register; CR0.PG and CR3 pick the shadow tables."""
         v = self.vcpu
+        self.guest_tlb.clear()
         if cr == 0:
             v.cr0 = value | S.CR0_PE
             self.shadow.switch(v.cr3 if v.paging else -1)
@@ -498,19 +602,20 @@ class TrapEmulateVM(VM):
 
     def table_write(self, linear: int, frame: int) -> None:
         """The guest writes one of its page tables: single-step the write, then resync."""
-        st, shadow = self.state, self.shadow
+        st, shadow = self.sv, self.shadow
         entry = shadow.shadow_entry(linear)
         before = self.words[frame // 4 : frame // 4 + 1024].copy()
         if entry >= 0:
-            self.words[entry // 4] |= 2  # briefly writable
+            self.wv[entry // 4] |= 2  # briefly writable
         shadow.flush_tlb()
         mask, executed = int(st[S.PIC_IMR]), int(st[S.INSTRUCTIONS])
         st[S.PIC_IMR] = 0xFF  # no tick in the middle of the step
-        reason = ExitReason(core_run_step(st, self.memory))
+        reason = ExitReason(core_run_step(self.state, self.memory))
         st[S.PIC_IMR] = mask
         if entry >= 0:
-            self.words[entry // 4] &= 0xFFFFFFFD
+            self.wv[entry // 4] &= 0xFFFFFFFD
         changed = shadow.table_written(frame, before)
+        self.guest_tlb.clear()
         self.acct.shadow["table writes"] += 1
         self.charge(self.table_write_cost())
         self.record("shadow", f"guest page-table write at {linear:#x}: {changed} entries resynced")

@@ -26,6 +26,7 @@ from vm.devices.console import Console
 from vm.machine import Machine, vector_name
 
 EVENT_LOG_SIZE = 10_000
+REASONS = tuple(ExitReason)  # by value
 NO_ERROR_CODE = -1
 
 
@@ -45,26 +46,26 @@ class EventLog:
     """The last ``size`` events of a VM (older ones fall off the front)."""
 
     def __init__(self, size: int = EVENT_LOG_SIZE) -> None:
-        self.events: deque[Event] = deque(maxlen=size)
-        self.total = 0  # events ever recorded, dropped ones included
+        self.events: deque[tuple[int, int, str, str]] = deque(maxlen=size)  # (plain tuples:
+        self.total = 0  # events ever recorded, dropped ones included       # cheap to add)
 
     def add(self, cycle: int, eip: int, kind: str, text: str) -> None:
-        self.events.append(Event(cycle, eip, kind, text))
+        self.events.append((cycle, eip, kind, text))
         self.total += 1
 
     def __iter__(self):
-        return iter(self.events)
+        return map(Event._make, self.events)
 
     def __len__(self) -> int:
         return len(self.events)
 
     def kinds(self) -> Counter:
         """How many of the kept events are of each kind."""
-        return Counter(event.kind for event in self.events)
+        return Counter(event[2] for event in self.events)
 
     def tail(self, n: int = 20) -> str:
         """The last n events, one per line."""
-        return "\n".join(str(event) for event in list(self.events)[-n:])
+        return "\n".join(str(Event._make(event)) for event in list(self.events)[-n:])
 
 
 @dataclass
@@ -206,6 +207,7 @@ class VM:
     ) -> None:
         self.machine = machine
         self.state: np.ndarray = machine.state
+        self.sv = memoryview(machine.state)  # the same slots, as Python ints (fast to index)
         self.memory: np.ndarray = machine.memory
         self.cost = cost
         self.name = name
@@ -223,12 +225,12 @@ class VM:
     # ---- time and the log -----------------------------------------------------------------
     def charge(self, cycles: int) -> None:
         """Add VMM time to the guest's clock (its timer sees it too)."""
-        self.state[S.CYCLES] += cycles
+        self.sv[S.CYCLES] += cycles
         self.acct.vmm_cycles += cycles
 
     def record(self, kind: str, text: str, eip: int | None = None) -> None:
-        st = self.state
-        self.log.add(int(st[S.CYCLES]), int(st[S.EIP]) if eip is None else eip, kind, text)
+        st = self.sv
+        self.log.add(st[S.CYCLES], st[S.EIP] if eip is None else eip, kind, text)
 
     # ---- devices the guest reaches through port I/O ----------------------------------------
     def port_out(self, port: int, value: int, size: int) -> None:
@@ -266,16 +268,17 @@ class VM:
             raise ValueError(f"budget must be a positive integer, not {budget!r}")
         if self.stopped is not None:
             return self.result()
-        st = self.state
-        end = int(st[S.INSTRUCTIONS]) + budget
+        st = self.sv
+        end = st[S.INSTRUCTIONS] + budget
         handlers = self._handlers
+        state, memory = self.state, self.memory
         try:
             while True:
-                left = end - int(st[S.INSTRUCTIONS])
+                left = end - st[S.INSTRUCTIONS]
                 if left <= 0:
                     return self.result("budget")
                 self.before_entry()
-                reason = ExitReason(core_run(st, self.memory, left))
+                reason = REASONS[core_run(state, memory, left)]
                 if reason == ExitReason.BUDGET:
                     continue
                 handler = handlers[reason]
