@@ -265,3 +265,69 @@ def test_cli_compare_table_and_no_patch_report():
     assert "POPF at 0x" in out.stderr and "Traceback" not in out.stderr
     out = vm_command("run", "--mode", "native", "--no-patch")
     assert out.returncode == 2 and "error: --no-patch" in out.stderr
+
+
+def _guest_view(vm) -> tuple:
+    """The vCPU as the guest sees it, under a VMM."""
+    st, v = vm.state, vm.vcpu
+    return (
+        [int(x) for x in st[0:9]],
+        vm.virtual_eflags() & 0xFFF,
+        (v.cr0, v.cr2, v.cr3),
+        (v.gdtr, v.idtr, v.tr),
+        (vm.guest_selector(int(st[S.CS])), vm.guest_selector(int(st[S.SS]))),
+    )
+
+
+def _native_view(st) -> tuple:
+    """The same, on bare metal."""
+    return (
+        [int(x) for x in st[0:9]],
+        int(st[S.EFLAGS]) & 0xFFF,
+        (int(st[S.CR0]), int(st[S.CR2]), int(st[S.CR3])),
+        (
+            (int(st[S.GDTR_BASE]), int(st[S.GDTR_LIMIT])),
+            (int(st[S.IDTR_BASE]), int(st[S.IDTR_LIMIT])),
+            int(st[S.TR]),
+        ),
+        (int(st[S.CS]), int(st[S.SS])),
+    )
+
+
+@pytest.mark.parametrize("mode", VIRTUAL)
+def test_each_emulated_instruction_leaves_the_vcpu_as_the_native_run_leaves_the_cpu(mode):
+    # Under the VMM: the guest's view after every instruction the VMM emulated, until
+    # init's first instruction (the first tick comes later, so both runs agree so far).
+    vm = boot(mode, "syscalls")
+    init = ToyOS("syscalls").user.symbols["init"]
+    vm.machine.add_breakpoint(init)
+    emulated, seen = {}, {}
+    emulate = vm.emulate
+
+    def recording(ins, eip):
+        done = emulate(ins, eip)
+        if done:
+            k = seen[eip] = seen.get(eip, 0) + 1
+            emulated[eip, k] = (ins.mnemonic, _guest_view(vm))
+        return done
+
+    vm.emulate = recording
+    assert vm.run().status == "breakpoint"
+    # Bare metal: single-step the same boot, noting the CPU after the same instructions.
+    native = ToyOS("syscalls")
+    m = native.machine
+    counts, steps, compared = {}, 0, 0
+    while m.cpl != 3 and steps < 100_000:
+        eip = m.eip
+        ex = m.step()
+        if ex.reason.name == "IO" and ex.is_in:
+            m.complete_in(0)
+        steps += 1
+        k = counts[eip] = counts.get(eip, 0) + 1
+        if (eip, k) in emulated:
+            mnemonic, view = emulated[eip, k]
+            assert view == _native_view(m.state), f"{mnemonic} at {eip:#x}"
+            compared += 1
+    kinds = {mnemonic for mnemonic, _ in emulated.values()}
+    assert {"lgdt", "lidt", "ltr", "mov_to_cr", "out", "cli", "sti", "popf"} <= kinds
+    assert compared == len(emulated) >= 30  # every one was compared
