@@ -25,6 +25,8 @@ callout rather than a trap.
 
 from __future__ import annotations
 
+from array import array
+
 import numpy as np
 
 from vm.cpu import state as S
@@ -70,6 +72,7 @@ class TrapEmulateVM(VM):
             raise ValueError("the machine needs VMM_AREA bytes above the guest's RAM")
         self.ram_size = ram_size
         self.patch = patch
+        self.trap_cycles = cost.vm_exit  # one trip guest -> VMM -> guest (a trap, the return)
         st = self.sv
         self.shadow = ShadowPager(machine.window, self.state, ram_size, ram_size, VMM_AREA)
         self.words = self.shadow.words
@@ -187,6 +190,10 @@ class TrapEmulateVM(VM):
 
     def read_bytes(self, linear: int, size: int) -> bytes:
         """Up to size bytes of guest memory (fewer where the guest maps no more)."""
+        frame = self.guest_tlb.get(linear >> 12)
+        if frame is not None and (linear & 0xFFF) <= 4096 - size:
+            physical = frame | (linear & 0xFFF)
+            return self.bv[physical : physical + size].tobytes()
         out = b""
         while len(out) < size:
             at = linear + len(out)
@@ -223,11 +230,8 @@ class TrapEmulateVM(VM):
         frame = self.guest_tlb.get(top >> 12)
         one_page = top >= 0 and top >> 12 == (esp - 1) >> 12 and not esp & 3
         if frame is not None and one_page and frame not in self.protected:
-            i = (frame | (esp & 0xFFF)) >> 2 if esp & 0xFFF else (frame + 4096) >> 2
-            wv = self.wv
-            for value in values:
-                i -= 1
-                wv[i] = value & 0xFFFFFFFF
+            i = (frame | (top & 0xFFF)) >> 2
+            self.wv[i : i + len(values)] = array("I", [v & 0xFFFFFFFF for v in reversed(values)])
             return top
         for value in values:
             esp = (esp - 4) & 0xFFFFFFFF
@@ -316,10 +320,6 @@ class TrapEmulateVM(VM):
         self.charge(self.cost.emulation)
 
     # ---- exit handlers ---------------------------------------------------------------------
-    @property
-    def trap_cycles(self) -> int:
-        """Cycles for one trip guest -> VMM -> guest (a trap and the return)."""
-        return self.cost.vm_exit
 
     def handle_fault(self) -> None:
         st = self.sv

@@ -229,8 +229,11 @@ class VM:
         self.acct.vmm_cycles += cycles
 
     def record(self, kind: str, text: str, eip: int | None = None) -> None:
+        """Log an event at the current cycle (and EIP, unless given)."""
         st = self.sv
-        self.log.add(st[S.CYCLES], st[S.EIP] if eip is None else eip, kind, text)
+        log = self.log
+        log.events.append((st[S.CYCLES], st[S.EIP] if eip is None else eip, kind, text))
+        log.total += 1
 
     # ---- devices the guest reaches through port I/O ----------------------------------------
     def port_out(self, port: int, value: int, size: int) -> None:
