@@ -82,12 +82,19 @@ def test_bench_quick_json_has_every_figure():
         "warm_start_s",
         "boot_instructions",
         "toyos_compute_mips",
+        "trap_exit_us",
+        "trap_roundtrip_us",
+        "compute_te_vs_native",
+        "compute_bt_vs_native",
     ]
     for key in keys:
         assert figures[key] > 0, key
+    cycles = figures["mode_cycles"]["compute"]
+    assert set(cycles) == {"native", "trap-emulate", "binary-translation"}
 
 
 def test_demo_runs():
     out = vm("demo")
     assert out.returncode == 0, out.stderr
     assert "FAULT #DE" in out.stdout and "toyos: halt" in out.stdout
+    assert "binary-translation" in out.stdout and "POPF at 0x" in out.stdout

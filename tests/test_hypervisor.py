@@ -76,6 +76,8 @@ def test_shadow_tables_stay_what_the_guest_tables_imply_after_every_trap(mode, w
     assert result.ok, result.message
     shadow = result.stats["shadow"]
     assert shadow["hidden faults"] > 0 and shadow["table writes"] > 0
+    kinds = shadow["hidden faults"] + shadow.get("true faults", 0) + shadow["table writes"]
+    assert result.stats["exits_by_reason"]["#PF"] == kinds  # each #PF is one of the three
     assert shadow["cr3 switches"] > 0
     if workload == "faulty":
         assert shadow["true faults"] == 1  # the user's wild write, reflected to the kernel

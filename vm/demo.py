@@ -40,5 +40,16 @@ def demo() -> int:
     result = ToyOS("all").run()
     print(result.console)
     print(f"status: {result.status}; stats: {result.stats}")
-    print("\nnext: python -m vm run --workload spawn   |   python -m vm bench")
+
+    print("\n== 4. the same guest, unmodified, under trap-and-emulate and binary translation")
+    from vm.cli import compare_table
+    from vm.hypervisor.modes import MODES, boot
+
+    results = {mode: boot(mode, "syscalls").run() for mode in MODES}
+    print(compare_table("syscalls", results))
+
+    print("\n== 5. and without patching POPF: x86's hole")
+    hung = boot("trap-emulate", "sleeper", patch=False).run()
+    print(f"status: {hung.status}\n{hung.message}")
+    print("\nnext: python -m vm run --compare --workload spawn   |   python -m vm bench")
     return 0

@@ -191,7 +191,6 @@ class ShadowPager:
         if writable:
             self.writable[frame].add((table, index))
         self.flush_tlb()
-        self.counts["hidden faults"] += 1
         return HIDDEN, 0
 
     def shadow_entry(self, linear: int) -> int:
@@ -217,7 +216,6 @@ class ShadowPager:
         if self.flood[frame] >= FLOOD_LIMIT and frame != self.current_key:
             self.unshadow(frame)
         self.flush_tlb()
-        self.counts["table writes"] += 1
         return len(changed)
 
     def _unlink(self, directory: int, i: int) -> None:

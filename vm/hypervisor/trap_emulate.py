@@ -322,6 +322,8 @@ class TrapEmulateVM(VM):
     # ---- exit handlers ---------------------------------------------------------------------
 
     def handle_fault(self) -> None:
+        """An exception or INT n: a rewritten site, a privileged instruction the VMM
+        emulates, shadow paging's business, or something for the guest kernel."""
         st = self.sv
         vector, error, eip, cpl = st[S.EXIT_VECTOR], st[S.EXIT_ERROR], st[S.EIP], st[S.CS] & 3
         if cpl == 3:
@@ -330,15 +332,14 @@ class TrapEmulateVM(VM):
             self.callout(eip - 1)
         else:
             self.acct.exits[FAULT_NAMES[vector & 0xFF]] += 1
-            self.charge(self.trap_cycles)
-            if vector == 13 and cpl == 1 and self.emulate_privileged(eip):
-                pass
-            elif vector == 14:
-                self.page_fault(int(st[S.CR2]), error, eip)
+            if vector == 14:
+                self.page_fault(st[S.CR2], error, eip)  # (charged by what it turns out to be)
             else:
-                software = vector >= 32 or vector == 3
-                self.record("reflect", REFLECT_TEXT[vector & 0xFF])
-                self.reflect(vector, error if not software else NO_ERROR_CODE, eip, software)
+                self.charge(self.trap_cycles)
+                if not (vector == 13 and cpl == 1 and self.emulate_privileged(eip)):
+                    software = vector >= 32 or vector == 3
+                    self.record("reflect", REFLECT_TEXT[vector & 0xFF])
+                    self.reflect(vector, NO_ERROR_CODE if software else error, eip, software)
         if self.check_shadow:
             self.assert_shadow_consistent()
 
@@ -590,12 +591,13 @@ class TrapEmulateVM(VM):
         kind, detail = self.shadow.page_fault(linear, error, v.paging, v.cr3)
         if kind == HIDDEN:
             self.acct.shadow["hidden faults"] += 1
-            self.charge(self.cost.emulation)
+            self.charge(self.trap_cycles + self.cost.emulation)
             self.record("shadow", f"hidden fault at {linear:#x}: shadow entry filled")
         elif kind == TABLE_WRITE:
             self.table_write(linear, detail)
         else:
             self.acct.shadow["true faults"] += 1
+            self.charge(self.trap_cycles)
             v.cr2 = linear
             self.record("reflect", f"#PF at {linear:#x} (error {detail:#x}) to the guest")
             self.reflect(14, detail, eip)
