@@ -333,3 +333,73 @@ def test_each_emulated_instruction_leaves_the_vcpu_as_the_native_run_leaves_the_
     kinds = {mnemonic for mnemonic, _ in emulated.values()}
     assert {"lgdt", "lidt", "ltr", "mov_to_cr", "out", "cli", "sti", "popf"} <= kinds
     assert compared == len(emulated) >= 30  # every one was compared
+
+
+@pytest.mark.parametrize("mode", VIRTUAL)
+def test_a_snapshot_taken_mid_run_replays_the_rest_identically(mode):
+    vm = boot(mode, "spawn")
+    vm.run(100_000)
+    snap = vm.snapshot()
+    first = vm.run()
+    log = list(vm.log)
+    vm.restore(snap)
+    second = vm.run()
+    assert first.ok and (first.console, first.stats) == (second.console, second.stats)
+    assert list(vm.log) == log
+
+
+PORTS = """
+    bits 32
+    org 0x1000
+    mov al, 'A'
+    out 0xe9, al            ; its own console
+    mov al, 0xff
+    out 0x21, al            ; mask every IRQ of ... its own virtual PIC
+    mov al, 0x34
+    out 0x43, al
+    mov al, 0xff
+    out 0x40, al            ; a new timer divisor ... for its own PIT
+    out 0x40, al
+    mov edx, 0x3f8
+    out dx, al              ; the serial port: its own console again
+    in al, 0x60             ; a port with nothing behind it: 0xff
+    out 0xe9, al
+    mov al, 0
+    out 0xf4, al
+"""
+
+
+def test_port_io_reaches_only_the_guests_own_devices():
+    host = Host(3 * (GUEST_RAM + VMM_AREA))
+    noisy, _ = _kernel_vm(TrapEmulateVM, PORTS, host)
+    quiet = boot("trap-emulate", "syscalls", host=host)
+    results = run_side_by_side([noisy, quiet], slice_instructions=5)
+    assert results[0].ok and bytes(noisy.console.data) == b"A\xff\xff"  # (IN 0x60 gave 0xff)
+    assert noisy.pic.imr == 0xFF and noisy.pit.divisor == 0xFFFF
+    alone = boot("trap-emulate", "syscalls").run()
+    assert (results[1].console, results[1].stats) == (alone.console, alone.stats)
+    assert quiet.pic.imr == 0xFE  # toyos's own mask, untouched
+
+
+STORM = """
+    bits 32
+    org 0x1000
+    mov al, 0xfe
+    out 0x21, al
+    mov al, 0x34
+    out 0x43, al
+    mov al, 1               ; a tick every PIT count: faster than the VMM serves a tick
+    out 0x40, al
+    mov al, 0
+    out 0x40, al
+spin:
+    jmp spin
+"""
+
+
+def test_a_timer_faster_than_the_vmm_livelocks_the_guest_but_never_the_host():
+    vm, _ = _kernel_vm(TrapEmulateVM, STORM)
+    result = vm.run(10_000)
+    assert result.status == "budget"
+    assert result.stats["exits_by_reason"]["INTERRUPT"] > 1000
+    assert result.stats["lost_ticks"] > 1000  # (the guest's IF is off: each tick merges)

@@ -67,6 +67,23 @@ class ShadowPager:
         self.current = -1
         self.current_key = -2
 
+    BOOKS = (
+        "free", "spaces", "tables", "space_of_directory", "tables_of_guest", "users",
+        "writable", "flood", "current", "current_key", "counts",
+    )  # fmt: skip
+
+    def books(self) -> dict[str, object]:
+        """The bookkeeping (for snapshots): what shadows exist and what they came from."""
+        out = {name: getattr(self, name) for name in self.BOOKS}
+        out["protected_frames"] = set(self.protected_frames)
+        return out
+
+    def set_books(self, books: dict[str, object]) -> None:
+        for name in self.BOOKS:
+            setattr(self, name, books[name])
+        self.protected_frames.clear()  # (the same set object: the VMM holds it)
+        self.protected_frames.update(books["protected_frames"])
+
     def protected(self, frame: int) -> bool:
         """Is this guest frame one of the guest's page tables that a shadow was built from?"""
         return frame in self.protected_frames

@@ -140,6 +140,26 @@ class TrapEmulateVM(VM):
         self.record("patch", f"{len(self.sites)} sites rewritten to INT3 in {start:#x}..{end:#x}")
 
     rewritten = PATCHED
+    snapshot_fields = (*VM.snapshot_fields, "last_cli", "lost_enable", "shadow_books")
+
+    @property
+    def shadow_books(self) -> dict[str, object]:
+        """Shadow paging's bookkeeping (the shadow tables themselves are in memory)."""
+        return self.shadow.books()
+
+    def _restore_field(self, name: str, value: object) -> None:
+        if name == "shadow_books":
+            self.shadow.set_books(value)
+            self.guest_tlb.clear()
+        else:
+            super()._restore_field(name, value)
+
+    @property
+    def virtual_cpl(self) -> int:
+        """The privilege level the guest believes it runs at (its kernel's ring 1 is 0)."""
+        ring = self.sv[S.CS] & 3
+        return 0 if ring == 1 else ring
+
     site_kind = "patched"
 
     # ---- guest memory, as the guest sees it ----------------------------------------------------

@@ -12,6 +12,7 @@ guest's timer sees the VMM's time) and records what it did in a bounded event lo
 
 from __future__ import annotations
 
+import copy
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -23,7 +24,7 @@ from vm.cpu.core import run as core_run
 from vm.cpu.cost import DEFAULT, CostModel
 from vm.cpu.exits import ExitReason
 from vm.devices.console import Console
-from vm.machine import Machine, vector_name
+from vm.machine import Machine, Snapshot, vector_name
 
 EVENT_LOG_SIZE = 10_000
 REASONS = tuple(ExitReason)  # by value
@@ -189,6 +190,14 @@ class VMResult:
 EXIT_PORT = 0xF4  # toyos's exit port: the guest writes its status here
 
 
+@dataclass(frozen=True)
+class VMSnapshot:
+    """A whole VM: the machine (state and memory) and what the VMM knows about it."""
+
+    machine: Snapshot
+    vmm: dict[str, object]
+
+
 class VM:
     """A virtual machine: a Machine, a vCPU, virtual devices, and the exit loop.
 
@@ -221,6 +230,26 @@ class VM:
         self._handlers = {
             reason: getattr(self, f"handle_{reason.name.lower()}", None) for reason in ExitReason
         }
+
+    # ---- snapshots ----------------------------------------------------------------------------
+    # The VMM's own state, copied by snapshot() (subclasses add theirs).
+    snapshot_fields = ("vcpu", "pic", "pit", "console", "log", "acct", "stopped")
+
+    def _vmm_state(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.snapshot_fields}
+
+    def snapshot(self) -> VMSnapshot:
+        """A copy of the whole VM; restore() returns to it, and the run goes on identically."""
+        return VMSnapshot(self.machine.snapshot(), copy.deepcopy(self._vmm_state()))
+
+    def restore(self, snapshot: VMSnapshot) -> None:
+        """Put the VM back as it was when the snapshot was taken."""
+        self.machine.restore(snapshot.machine)
+        for name, value in copy.deepcopy(snapshot.vmm).items():
+            self._restore_field(name, value)
+
+    def _restore_field(self, name: str, value: object) -> None:
+        setattr(self, name, value)
 
     # ---- time and the log -----------------------------------------------------------------
     def charge(self, cycles: int) -> None:
@@ -266,7 +295,11 @@ class VM:
 
     # ---- the run loop -----------------------------------------------------------------------
     def run(self, budget: int = 500_000_000) -> VMResult:
-        """Run the guest until it stops or ``budget`` instructions have run (resumable)."""
+        """Run the guest until it stops or ``budget`` is spent (resumable).
+
+        The budget counts instructions and exits: a guest that makes no progress (a
+        timer faster than the VMM can serve it) still returns, with status "budget".
+        """
         if not isinstance(budget, int) or budget < 1:
             raise ValueError(f"budget must be a positive integer, not {budget!r}")
         if self.stopped is not None:
@@ -275,15 +308,17 @@ class VM:
         end = st[S.INSTRUCTIONS] + budget
         handlers = self._handlers
         state, memory = self.state, self.memory
+        exits = 0
         try:
             while True:
-                left = end - st[S.INSTRUCTIONS]
+                left = end - st[S.INSTRUCTIONS] - exits
                 if left <= 0:
                     return self.result("budget")
                 self.before_entry()
                 reason = REASONS[core_run(state, memory, left)]
                 if reason == ExitReason.BUDGET:
                     continue
+                exits += 1
                 handler = handlers[reason]
                 if handler is None:
                     raise VMStopped("fault", f"unexpected exit {self.machine.last_exit(reason)}")
