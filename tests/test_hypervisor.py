@@ -403,3 +403,39 @@ def test_a_timer_faster_than_the_vmm_livelocks_the_guest_but_never_the_host():
     assert result.status == "budget"
     assert result.stats["exits_by_reason"]["INTERRUPT"] > 1000
     assert result.stats["lost_ticks"] > 1000  # (the guest's IF is off: each tick merges)
+
+
+FIRST_TOUCH_IS_A_WRITE = """
+    bits 32
+    org 0x1000
+    mov dword [0x10000], 0x11007          ; PDE 0 -> page table at 0x11000
+    xor ecx, ecx
+map:
+    mov eax, ecx
+    shl eax, 12
+    or eax, 7
+    mov [0x11000 + ecx*4], eax            ; identity-map the first 32 pages...
+    inc ecx
+    cmp ecx, 32
+    jne map
+    mov dword [0x11000 + 20*4], 0x11007   ; ... and page 20 onto the page table itself
+    mov eax, 0x10000
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+    mov eax, [0x2000]                     ; (page 2 is now shadowed, from the table)
+    mov dword [0x14000 + 2*4], 0x3007     ; first touch of page 20, a write: page 2 -> 3
+    mov eax, [0x2000]                     ; (reads page 3 now)
+    out 0xf4, al
+"""
+
+
+def test_a_page_table_written_through_an_address_never_touched_before():
+    vm, _ = _kernel_vm(TrapEmulateVM, FIRST_TOUCH_IS_A_WRITE)
+    vm.machine.write32(0x2000, 0x22)
+    vm.machine.write32(0x3000, 0x33)
+    vm.check_shadow = True
+    result = vm.run(10_000)
+    assert result.exit_code == 0x33  # page 3's value: the guest's new mapping took effect
+    assert result.stats["shadow"]["table writes"] == 1

@@ -196,18 +196,19 @@ class ShadowPager:
             key = (pde & ~0xFFF, pde & (RW | US))
             self.flood[pde & ~0xFFF] = 0
             self.flood[cr3 & ~0xFFF] = 0
-        if write and self.protected(frame):
-            return TABLE_WRITE, frame
         table = self._table_for(key)
         slot = self.current // 4 + directory_index
         if self.words[slot] != table | P | RW | US:
             self.words[slot] = table | P | RW | US
             self.users[table].add((self.current, directory_index))
-        writable = rights & RW and dirty and not self.protected(frame)
+        protected = self.protected(frame)
+        writable = rights & RW and dirty and not protected
         self.words[table // 4 + index] = frame | P | (rights & US) | (RW if writable else 0)
         if writable:
             self.writable[frame].add((table, index))
         self.flush_tlb()
+        if write and protected:  # (the read-only entry is in place for the VMM to open)
+            return TABLE_WRITE, frame
         return HIDDEN, 0
 
     def shadow_entry(self, linear: int) -> int:

@@ -40,7 +40,7 @@ from vm.machine import Machine, vector_name
 VMM_AREA = 1 << 20  # the VMM's memory above each guest's RAM: descriptor tables, shadows
 GDT_OFFSET, TSS_OFFSET, IDT_OFFSET = 0, 0x700, 0x800  # in the VMM's page at VMM_LINEAR
 RING1_CODE, RING1_DATA = 0x09, 0x11  # the reset GDT's flat segments, at ring 1
-SAFE_FLAGS = 0x00254FD5  # what POPF and IRET may change (not IF, IOPL, VM)
+SAFE_FLAGS = 0x00254DD5  # what POPF and IRET may change (not IF, IOPL, VM)
 FAULT_NAMES = [vector_name(v) for v in range(256)]  # exits by reason: '#GP', 'INT 0x80'
 REFLECT_TEXT = [f"{name} to the guest kernel" for name in FAULT_NAMES]
 HANG_TICKS = 5  # ticks a halted vCPU with IF clear is given before the VMM calls it a hang
