@@ -439,3 +439,45 @@ def test_a_page_table_written_through_an_address_never_touched_before():
     result = vm.run(10_000)
     assert result.exit_code == 0x33  # page 3's value: the guest's new mapping took effect
     assert result.stats["shadow"]["table writes"] == 1
+
+
+# Privileged and sensitive instructions, mixed into random bytes by the fuzz test below.
+SENSITIVE = [
+    "fa", "fb", "f4", "9c", "9d", "cf", "0f22d8", "0f22c0", "0f20c0", "0f0110", "0f0118",
+    "0f00d8", "0f0138", "8ed0", "e621", "e460", "cd80", "cc", "ee", "ec", "0f0108",
+]  # fmt: skip
+
+
+def _fuzz(cases: int, seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    statuses = set()
+    for _ in range(cases):
+        code = b""
+        while len(code) < 64:
+            if rng.random() < 0.4:
+                code += bytes.fromhex(rng.choice(SENSITIVE))
+            else:
+                code += bytes([rng.randrange(256)])
+        kind = rng.choice([TrapEmulateVM, BinaryTranslationVM])
+        host = Host(GUEST_RAM + VMM_AREA)
+        machine = host.new_machine(GUEST_RAM + VMM_AREA)
+        machine.load(0x1000, code)
+        machine.eip = 0x1000
+        for r in range(8):
+            machine.state[r] = rng.choice([0, 0x1000, 0x10000, 0xFFFFFFFF, rng.getrandbits(32)])
+        vm = kind(machine, GUEST_RAM, kernel_text=(0x1000, 0x1000 + len(code)))
+        result = vm.run(2_000)  # no Python exception, no hang: a status
+        statuses.add(result.status)
+        assert result.status in {"shutdown", "panic", "budget", "hang", "fault", "halt"}
+    assert len(statuses) >= 3
+
+
+def test_random_kernels_never_crash_or_hang_the_vmm():
+    _fuzz(150, seed=1)
+
+
+@pytest.mark.slow
+def test_random_kernels_never_crash_or_hang_the_vmm_long():
+    _fuzz(20_000, seed=2)

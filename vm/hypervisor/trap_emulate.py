@@ -119,8 +119,9 @@ class TrapEmulateVM(VM):
         while at < end:
             chunk = code[at - start : at - start + 16]
             length = instruction_length(chunk)
-            if length == 0:
-                raise ValueError(f"the kernel's text has bytes the CPU cannot decode at {at:#x}")
+            if length == 0:  # the CPU raises #UD here: nothing after it can be told apart
+                self.record("patch", f"the scan stops at {at:#x}: bytes the CPU cannot decode")
+                break
             ins = decode(chunk)
             if ins is not None and ins.mnemonic in wanted and ins.length == length:
                 found[at] = ins
