@@ -359,5 +359,9 @@ def modes_text(table: dict[str, dict[str, int]]) -> str:
     for workload, cycles in table.items():
         native = cycles["native"]
         cells = "".join(f"{cycles[mode]:>18,} ({cycles[mode] / native:6.2f}x)" for mode in MODES)
-        lines.append(f"{workload:<16}{cells}")
+        shape = ""
+        if workload != "compute":
+            ordered = native < cycles["binary-translation"] < cycles["trap-emulate"]
+            shape = f"   native < translation < trap-emulate: {'PASS' if ordered else 'MISS'}"
+        lines.append(f"{workload:<16}{cells}{shape}")
     return "\n".join(lines)
