@@ -164,11 +164,10 @@ def test_red_pill_sidt_shows_the_vmms_idt_not_the_guests():
     assert vm.machine.read32(program.symbols["stored"] + 2) == 0x20000
 
 
-ESCAPE = """
-    bits 32
-    org 0x1000
-    mov esp, 0x9000
-    lidt [idt_pointer]
+def paging_on(remap: str) -> str:
+    """Assembly that identity-maps the first 32 pages, then ``remap``, then turns paging on
+    (page directory at 0x10000, its table at 0x11000)."""
+    return f"""
     mov dword [0x10000], 0x11007          ; PDE 0 -> page table at 0x11000
     xor ecx, ecx
 map:
@@ -179,12 +178,24 @@ map:
     inc ecx
     cmp ecx, 32
     jne map
-    mov dword [0x11000 + 20*4], TARGET | 7  ; ... but page 20 -> TARGET
+    {remap}
     mov eax, 0x10000
     mov cr3, eax
     mov eax, cr0
     or eax, 0x80000000
     mov cr0, eax
+"""
+
+
+ESCAPE = (
+    """
+    bits 32
+    org 0x1000
+    mov esp, 0x9000
+    lidt [idt_pointer]
+"""
+    + paging_on("mov dword [0x11000 + 20*4], TARGET | 7  ; ... but page 20 -> TARGET")
+    + """
     mov dword [0x14000], 0xdeadbeef       ; write through the forged mapping
     mov al, 'W'                           ; (it worked: the isolation failed)
     out 0xe9, al
@@ -202,6 +213,7 @@ idt:
     times 28 dd 0                         ; vectors 0..13: no gate
     dw page_fault, 0x08, 0x8e00, 0        ; vector 14: #PF
 """
+)
 
 
 @pytest.mark.parametrize("target", [GUEST_RAM, GUEST_RAM + VMM_AREA, 0x7FFF0000])
@@ -405,30 +417,19 @@ def test_a_timer_faster_than_the_vmm_livelocks_the_guest_but_never_the_host():
     assert result.stats["lost_ticks"] > 1000  # (the guest's IF is off: each tick merges)
 
 
-FIRST_TOUCH_IS_A_WRITE = """
+FIRST_TOUCH_IS_A_WRITE = (
+    """
     bits 32
     org 0x1000
-    mov dword [0x10000], 0x11007          ; PDE 0 -> page table at 0x11000
-    xor ecx, ecx
-map:
-    mov eax, ecx
-    shl eax, 12
-    or eax, 7
-    mov [0x11000 + ecx*4], eax            ; identity-map the first 32 pages...
-    inc ecx
-    cmp ecx, 32
-    jne map
-    mov dword [0x11000 + 20*4], 0x11007   ; ... and page 20 onto the page table itself
-    mov eax, 0x10000
-    mov cr3, eax
-    mov eax, cr0
-    or eax, 0x80000000
-    mov cr0, eax
+"""
+    + paging_on("mov dword [0x11000 + 20*4], 0x11007   ; page 20 -> the page table itself")
+    + """
     mov eax, [0x2000]                     ; (page 2 is now shadowed, from the table)
     mov dword [0x14000 + 2*4], 0x3007     ; first touch of page 20, a write: page 2 -> 3
     mov eax, [0x2000]                     ; (reads page 3 now)
     out 0xf4, al
 """
+)
 
 
 def test_a_page_table_written_through_an_address_never_touched_before():
