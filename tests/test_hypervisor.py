@@ -482,3 +482,14 @@ def test_random_kernels_never_crash_or_hang_the_vmm():
 @pytest.mark.slow
 def test_random_kernels_never_crash_or_hang_the_vmm_long():
     _fuzz(20_000, seed=2)
+
+
+def test_a_vmm_short_of_shadow_memory_starts_over_and_the_guest_never_notices():
+    vm = boot("trap-emulate", "spawn")
+    vm.shadow.pool_frames = 4  # a directory and three tables: one address space at a time
+    vm.shadow.reset()
+    vm.shadow.switch(-1)
+    vm.check_shadow = True
+    result = vm.run()
+    assert result.ok and result.console == boot("native", "spawn").run().console
+    assert result.stats["shadow"]["resets"] > 10

@@ -32,6 +32,10 @@ FLOOD_LIMIT = 8  # emulated writes in a row to one guest table before it is unsh
 HIDDEN, TRUE, TABLE_WRITE = "hidden", "true", "table write"
 
 
+class PoolEmpty(Exception):
+    """The VMM's area has no free frame for another shadow table."""
+
+
 class ShadowPager:
     """The shadow page tables of one VM, and what the VMM knows about the guest's."""
 
@@ -46,7 +50,7 @@ class ShadowPager:
         self.vmm_page = area  # the VMM's descriptor tables (GDT, IDT, TSS)
         self.vmm_table = area + PAGE  # maps the VMM's page at VMM_LINEAR, read-only
         self.first_free = area + 2 * PAGE
-        self.area_end = area + area_size
+        self.pool_frames = (area_size - 2 * PAGE) // PAGE  # frames for shadow tables
         self.counts: Counter = Counter()
         self.protected_frames: set[int] = set()
         self.words[self.vmm_table // 4] = self.vmm_page | P
@@ -55,7 +59,8 @@ class ShadowPager:
     # ---- bookkeeping --------------------------------------------------------------------
     def reset(self) -> None:
         """Forget every shadow (the pool ran dry): they are rebuilt lazily."""
-        self.free = list(range(self.area_end - PAGE, self.first_free - 1, -PAGE))
+        end = self.first_free + self.pool_frames * PAGE
+        self.free = list(range(end - PAGE, self.first_free - 1, -PAGE))
         self.spaces: dict[int, int] = {}  # guest CR3 (-1: paging off) -> shadow directory
         self.tables: dict[tuple[int, int], int] = {}  # (guest table or -1-dir, PDE bits) -> shadow
         self.space_of_directory: dict[int, set[int]] = defaultdict(set)  # guest PD -> shadows
@@ -89,15 +94,19 @@ class ShadowPager:
         return frame in self.protected_frames
 
     def _alloc(self) -> int:
+        """A zeroed frame of the VMM's area for a shadow table (PoolEmpty when none is left)."""
         if not self.free:
-            self.counts["resets"] += 1
-            key = self.current_key
-            self.reset()
-            self.switch(key)  # (the caller retries the fault)
-            raise MemoryError
+            raise PoolEmpty
         frame = self.free.pop()
         self.words[frame // 4 : frame // 4 + 1024] = 0
         return frame
+
+    def _start_over(self) -> None:
+        """The pool ran dry: forget every shadow and rebuild the current space's, lazily."""
+        self.counts["resets"] += 1
+        key = self.current_key
+        self.reset()
+        self.switch(key)
 
     def _protect(self, frame: int) -> None:
         """Make every writable shadow mapping of a guest frame read-only."""
@@ -115,15 +124,10 @@ class ShadowPager:
         key = guest_cr3 & ~0xFFF if guest_cr3 >= 0 else -1
         directory = self.spaces.get(key)
         if directory is None:
-            try:
-                directory = self._alloc()
-            except MemoryError:  # the pool was reset: build this one in the fresh pool
-                directory = self.spaces.get(key) or self._alloc()
-            if key in self.spaces:
-                self.current, self.current_key = directory, key
-                self.state[S.CR3] = directory
-                self.flush_tlb()
-                return
+            if not self.free:
+                self.counts["resets"] += 1
+                self.reset()
+            directory = self._alloc()
             self.words[directory // 4 + VMM_DIRECTORY] = self.vmm_table | P
             self.spaces[key] = directory
             if key >= 0:
@@ -166,7 +170,8 @@ class ShadowPager:
         """Handle a real #PF -> (HIDDEN, 0), (TABLE_WRITE, guest frame) or (TRUE, guest error)."""
         try:
             return self._page_fault(linear, error, paging, cr3)
-        except MemoryError:
+        except PoolEmpty:
+            self._start_over()
             return self._page_fault(linear, error, paging, cr3)
 
     def _page_fault(self, linear: int, error: int, paging: bool, cr3: int) -> tuple[str, int]:
