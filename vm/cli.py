@@ -78,12 +78,12 @@ def run_command(args: argparse.Namespace) -> int:
     from vm.hypervisor.modes import boot
 
     cost = preset(args.cost)
+    if args.trace and (args.mode != "native" or args.compare):
+        raise ValueError("--trace single-steps bare metal: use it with --mode native")
+    if args.no_patch and (args.mode != "trap-emulate" or args.compare):
+        raise ValueError("--no-patch is for --mode trap-emulate")
     if args.compare:
         return compare_command(args, cost)
-    if args.trace and args.mode != "native":
-        raise ValueError("--trace single-steps bare metal: use it with --mode native")
-    if args.no_patch and args.mode != "trap-emulate":
-        raise ValueError("--no-patch is for --mode trap-emulate")
     vm = boot(args.mode, args.workload, cost, patch=not args.no_patch)
     if args.trace:
         trace(vm.toyos, args.trace)

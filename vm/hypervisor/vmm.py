@@ -176,7 +176,7 @@ class VMStopped(Exception):
 class VMResult:
     """How a VM's run ended, what its guest printed, and what it cost."""
 
-    status: str  # "shutdown", "panic", "budget", "hang", "fault"
+    status: str  # "shutdown", "panic", "budget", "hang", "halt", "fault" or "breakpoint"
     console: str
     exit_code: int = -1
     message: str = ""
