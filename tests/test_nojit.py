@@ -1,4 +1,5 @@
-"""The core behaves identically compiled by numba and interpreted (NUMBA_DISABLE_JIT=1).
+"""The core behaves identically compiled by numba and interpreted (NUMBA_DISABLE_JIT=1),
+and so do the VMMs around it.
 
 A set of generated programs (tests/oracle) is single-stepped in a subprocess with the JIT
 disabled, recording after every step the exit, EIP, the eight registers, EFLAGS, the
@@ -18,6 +19,8 @@ import pytest
 from oracle import FAMILIES, generate
 from oracle.runner import MachineSide, assemble
 from oracle.trace import trace
+
+from vm.hypervisor.modes import boot
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -107,3 +110,27 @@ def test_trace_ends_with_the_exit_and_memory():
     assert steps[-1][0] == "memory"
     assert steps[-2][0] in (ExitReason.HALT, ExitReason.FAULT)
     assert all(step[0] == ExitReason.BUDGET for step in steps[:-2])
+
+
+VMM_RUN = """
+import json
+from vm.hypervisor.modes import boot
+out = {}
+for mode in ("trap-emulate", "binary-translation"):
+    vm = boot(mode, "io")
+    result = vm.run()
+    out[mode] = [result.console, result.stats, [list(event) for event in vm.log]]
+print(json.dumps(out))
+"""
+
+
+def test_the_vmms_give_the_same_exits_and_event_log_jitted_or_not():
+    out = without_jit(["-c", VMM_RUN])
+    assert out.returncode == 0, out.stderr
+    nojit = json.loads(out.stdout)
+    for mode, (console, stats, log) in nojit.items():
+        vm = boot(mode, "io")
+        result = vm.run()
+        assert console == result.console and "io: line 40" in console
+        assert stats == json.loads(json.dumps(result.stats))
+        assert log == [list(event) for event in vm.log]
