@@ -490,12 +490,12 @@ class TrapEmulateVM(VM):
 
     def emulate_lgdt(self, ins: Instruction, eip: int, regs: list[int]) -> None:
         """0F 01 /2  LGDT m16&32."""
-        at = effective_address(ins, regs)
+        at = effective_address(ins, self.state)
         self.load_gdt(self.read_linear(at + 2), self.read_linear(at, 2))
 
     def emulate_lidt(self, ins: Instruction, eip: int, regs: list[int]) -> None:
         """0F 01 /3  LIDT m16&32: the guest's IDT (the real one stays the VMM's)."""
-        at = effective_address(ins, regs)
+        at = effective_address(ins, self.state)
         self.vcpu.idtr = (self.read_linear(at + 2), self.read_linear(at, 2))
 
     def emulate_sgdt(self, ins: Instruction, eip: int, regs: list[int]) -> None:
@@ -508,7 +508,7 @@ class TrapEmulateVM(VM):
 
     def _store_table_register(self, ins: Instruction, regs: list[int], value) -> None:
         base, limit = value
-        at = effective_address(ins, regs)
+        at = effective_address(ins, self.state)
         self.write_linear(at, limit, 2)
         self.write_linear(at + 2, base)
 
@@ -535,13 +535,13 @@ class TrapEmulateVM(VM):
 
     def _store16(self, ins: Instruction, regs: list[int], value: int) -> None:
         if ins.is_memory:
-            self.write_linear(effective_address(ins, regs), value, 2)
+            self.write_linear(effective_address(ins, self.state), value, 2)
         else:
             self.sv[ins.rm] = value
 
     def emulate_invlpg(self, ins: Instruction, eip: int, regs: list[int]) -> None:
         """0F 01 /7  INVLPG m."""
-        self.shadow.invlpg(effective_address(ins, regs))
+        self.shadow.invlpg(effective_address(ins, self.state))
         self.guest_tlb.clear()
 
     def emulate_mov_to_sreg(self, ins: Instruction, eip: int, regs: list[int]) -> bool | None:
@@ -557,7 +557,7 @@ class TrapEmulateVM(VM):
     def operand16(self, ins: Instruction, regs: list[int]) -> int:
         """The r/m16 operand of ins: a register, or a word of guest memory."""
         if ins.is_memory:
-            return self.read_linear(effective_address(ins, regs), 2)
+            return self.read_linear(effective_address(ins, self.state), 2)
         return regs[ins.rm] & 0xFFFF
 
     def emulate_hlt(self, ins: Instruction, eip: int, regs: list[int]) -> None:
