@@ -493,3 +493,16 @@ def test_a_vmm_short_of_shadow_memory_starts_over_and_the_guest_never_notices():
     result = vm.run()
     assert result.ok and result.console == boot("native", "spawn").run().console
     assert result.stats["shadow"]["resets"] > 10
+
+
+def test_a_user_int3_that_the_gate_forbids_becomes_a_gp_at_the_int3():
+    # init's first instruction becomes INT3 (CC). toyos's gate 3 has DPL 0, so user mode
+    # gets #GP(3*8+2) with EIP at the INT3, which kills init, exactly as on bare metal.
+    init = ToyOS("compute").user.symbols["init"]
+    runs = {}
+    for mode in MODES:
+        vm = boot(mode, "compute")
+        vm.machine.write(init - 0x400000 + 0x80000, b"\xcc")  # (the user image's frame)
+        runs[mode] = vm.run().console
+    assert f"toyos: process 1 killed by exception 13 at eip {init:08x}" in runs["native"]
+    assert runs["trap-emulate"] == runs["binary-translation"] == runs["native"]

@@ -140,7 +140,8 @@ class TrapEmulateVM(VM):
             self.window[address : address + ins.length] = 0xCC  # INT3: it traps
         self.record("patch", f"{len(self.sites)} sites rewritten to INT3 in {start:#x}..{end:#x}")
 
-    rewritten = PATCHED
+    rewritten = PATCHED  # what prepare_kernel rewrites into INT3
+    site_kind = "patched"
     snapshot_fields = (*VM.snapshot_fields, "last_cli", "lost_enable", "shadow_books")
 
     @property
@@ -160,8 +161,6 @@ class TrapEmulateVM(VM):
         """The privilege level the guest believes it runs at (its kernel's ring 1 is 0)."""
         ring = self.sv[S.CS] & 3
         return 0 if ring == 1 else ring
-
-    site_kind = "patched"
 
     # ---- guest memory, as the guest sees it ----------------------------------------------------
     def translate(self, linear: int) -> int:
@@ -261,13 +260,13 @@ class TrapEmulateVM(VM):
 
     # ---- the vCPU's view of the real registers ----------------------------------------------
     def virtual_eflags(self) -> int:
-        flags = int(self.sv[S.EFLAGS]) & ~S.FLAG_IF
+        flags = self.sv[S.EFLAGS] & ~S.FLAG_IF
         return flags | (S.FLAG_IF if self.vcpu.vif else 0)
 
     def set_flags_from_guest(self, value: int) -> None:
         """POPF/IRET as the guest meant them: IF goes to the vCPU, the real IF stays on."""
         self.vcpu.vif = bool(value & S.FLAG_IF)
-        real = int(self.sv[S.EFLAGS])
+        real = self.sv[S.EFLAGS]
         self.sv[S.EFLAGS] = (real & ~SAFE_FLAGS) | (value & SAFE_FLAGS) | S.FLAG_IF | 2
 
     @staticmethod
@@ -298,7 +297,7 @@ class TrapEmulateVM(VM):
     # ---- entering the guest --------------------------------------------------------------------
     def before_entry(self) -> None:
         """Inject a virtual interrupt when the guest's IF allows it."""
-        if self.vcpu.vif or int(self.sv[S.CS]) & 3 == 3:
+        if self.vcpu.vif or self.sv[S.CS] & 3 == 3:
             vector = self.pic.deliverable()
             if vector >= 0:
                 self.pic.acknowledge(vector)
@@ -306,7 +305,7 @@ class TrapEmulateVM(VM):
                 self.record(
                     "inject", f"virtual IRQ {vector - self.pic.vector_base} as vector {vector:#x}"
                 )
-                self.reflect(vector, NO_ERROR_CODE, int(self.sv[S.EIP]))
+                self.reflect(vector, NO_ERROR_CODE, self.sv[S.EIP])
 
     def reflect(self, vector: int, error: int, return_eip: int, software: bool = False) -> None:
         """Deliver an exception or interrupt to the guest kernel through its own IDT."""
@@ -318,8 +317,9 @@ class TrapEmulateVM(VM):
         cpl = st[S.CS] & 3
         if not high & 0x8000:
             raise VMStopped("fault", f"the guest's gate for {vector_name(vector)} is not present")
-        if software and (high >> 13) & 3 < cpl:
-            return self.reflect(13, vector * 8 + 2, return_eip - 2)
+        if software and (high >> 13) & 3 < cpl:  # INT n the gate's DPL forbids: #GP at it
+            size = 1 if self.read_bytes(return_eip - 1, 1) == b"\xcc" else 2  # INT3 or INT n
+            return self.reflect(13, vector * 8 + 2, return_eip - size)
         real_flags = st[S.EFLAGS]
         guest_flags = real_flags & ~S.FLAG_IF | (S.FLAG_IF if v.vif else 0)
         frame = [guest_flags, st[S.CS] & ~3 if cpl == 1 else st[S.CS], return_eip]
@@ -365,6 +365,7 @@ class TrapEmulateVM(VM):
             self.assert_shadow_consistent()
 
     def handle_interrupt(self) -> None:
+        """The real timer ticked: the tick waits in the virtual PIC (before_entry injects it)."""
         self.acct.exits["INTERRUPT"] += 1
         self.charge(self.trap_cycles)
         if not self.pic.request(0):
@@ -375,16 +376,17 @@ class TrapEmulateVM(VM):
         """Unpatched mode: a watched POPF is about to run; see whether it loses IF.
         Any other breakpoint (one a lesson or test set) stops the run there."""
         st = self.sv
-        if int(st[S.EIP]) not in self.watched:
-            raise VMStopped("breakpoint", f"breakpoint at {int(st[S.EIP]):#x}")
-        popped = self.read_linear(int(st[S.ESP]))
+        if st[S.EIP] not in self.watched:
+            raise VMStopped("breakpoint", f"breakpoint at {st[S.EIP]:#x}")
+        popped = self.read_linear(st[S.ESP])
         if popped & S.FLAG_IF and not self.vcpu.vif:
-            self.lost_enable = int(st[S.EIP])
+            self.lost_enable = st[S.EIP]
             self.record("hole", "POPF at ring 1 pops IF=1: the CPU keeps IF, virtual IF stays 0")
         st[S.SKIP_BREAKPOINT] = 1
 
     # ---- emulation ---------------------------------------------------------------------------
     def fetch(self, eip: int) -> Instruction | None:
+        """The instruction at the guest's EIP, if it is one the VMM emulates (cached)."""
         code = self.read_bytes(eip, 15)
         ins = self.decoded.get(code, False)
         if ins is False:
@@ -563,12 +565,12 @@ class TrapEmulateVM(VM):
     def emulate_hlt(self, ins: Instruction, eip: int, regs: list[int]) -> None:
         """HLT: wait for the next virtual interrupt, or report a vCPU that can never wake."""
         st = self.sv
-        period = int(st[S.TIMER_PERIOD])
+        period = st[S.TIMER_PERIOD]
         if self.vcpu.vif:
             if self.pic.deliverable() < 0:
                 if period <= 0:
                     raise VMStopped("halt", f"HLT at {eip:#x} with no timer running")
-                st[S.CYCLES] = max(int(st[S.CYCLES]), int(st[S.TIMER_NEXT]))  # idle
+                st[S.CYCLES] = max(st[S.CYCLES], st[S.TIMER_NEXT])  # idle
             return
         lost = HANG_TICKS if period > 0 else 0
         self.acct.lost_ticks += lost
@@ -631,7 +633,7 @@ class TrapEmulateVM(VM):
         if entry >= 0:
             self.wv[entry // 4] |= 2  # briefly writable
         shadow.flush_tlb()
-        mask, executed = int(st[S.PIC_IMR]), int(st[S.INSTRUCTIONS])
+        mask, executed = st[S.PIC_IMR], st[S.INSTRUCTIONS]
         st[S.PIC_IMR] = 0xFF  # no tick in the middle of the step
         reason = ExitReason(core_run_step(self.state, self.memory))
         st[S.PIC_IMR] = mask
@@ -642,7 +644,7 @@ class TrapEmulateVM(VM):
         self.acct.shadow["table writes"] += 1
         self.charge(self.table_write_cost())
         self.record("shadow", f"guest page-table write at {linear:#x}: {changed} entries resynced")
-        if int(st[S.INSTRUCTIONS]) == executed and reason != ExitReason.BUDGET:
+        if st[S.INSTRUCTIONS] == executed and reason != ExitReason.BUDGET:
             self._handlers[reason]()  # the write itself faulted: handle that exit
 
     def table_write_cost(self) -> int:
