@@ -243,7 +243,8 @@ def test_four_guests_run_side_by_side_exactly_as_each_runs_alone():
         ("binary-translation", "io"),
     ]
     vms = [boot(mode, w, host=host, name=f"vm{i}") for i, (mode, w) in enumerate(plan)]
-    results = run_side_by_side(vms, slice_instructions=20_000)
+    assert host.vms == vms
+    results = host.run(slice_instructions=20_000)
     for (mode, workload), result in zip(plan, results, strict=True):
         alone = boot(mode, workload).run()
         assert result.ok and result.console == alone.console

@@ -2,7 +2,7 @@
 
 >>> from vm.machine import Machine
 >>> m = Machine()
->>> m.load_asm("mov eax, 6\\nimul eax, eax, 7\\nhlt")
+>>> program = m.load_asm("mov eax, 6\\nimul eax, eax, 7\\nhlt")
 >>> m.run()
 Exit(HALT at 0x00001009)
 >>> m.regs.eax

@@ -1,9 +1,18 @@
-"""A host: one physical memory, carved into windows, one per guest machine.
+"""A host: one physical memory, carved into windows, one per guest machine, and the VMs
+that run on them, scheduled round robin.
 
 Each guest is a Machine whose guest-physical memory is a window [base, base + size) of
 the host's array; the core checks every physical access of a guest, page-table walks
 included, against its window, so no guest reaches another's memory or the host's,
 whatever it puts in its page tables. The VMMs of vm.hypervisor build on this.
+
+>>> from vm.hypervisor.host import Host
+>>> from vm.hypervisor.modes import boot
+>>> host = Host(32 << 20)
+>>> for i, workload in enumerate(["syscalls", "spawn", "pagetable", "io"]):
+...     _ = boot("trap-emulate", workload, host=host, name=f"vm{i}")
+>>> [result.ok for result in host.run()]
+[True, True, True, True]
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ class Host:
         self.memory = np.zeros(memory_size + S.SCRATCH_SIZE, dtype=np.uint8)
         self.memory_size = memory_size
         self.machines: list[Machine] = []
+        self.vms: list = []  # the VMs booted on this host (vm.hypervisor.modes.boot adds them)
         self._next = 0
 
     def new_machine(self, memory_size: int, cost: CostModel = DEFAULT) -> Machine:
@@ -38,6 +48,10 @@ class Host:
         self._next += size
         self.machines.append(machine)
         return machine
+
+    def run(self, slice_instructions: int = 200_000, budget: int = 500_000_000) -> list:
+        """Run every VM on this host side by side until each stops (see run_side_by_side)."""
+        return run_side_by_side(self.vms, slice_instructions, budget)
 
 
 def run_side_by_side(vms: list, slice_instructions: int = 200_000, budget: int = 500_000_000):

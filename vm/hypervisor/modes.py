@@ -51,12 +51,16 @@ def boot(
     size = GUEST_RAM if mode == "native" else GUEST_RAM + VMM_AREA
     machine = host.new_machine(size, cost) if host is not None else None
     if mode == "native":
-        return NativeVM(workload, cost, machine)
-    if machine is None:
-        machine = Host(size).new_machine(size, cost)
-    kernel, _ = install(machine, workload, GUEST_RAM)
-    kind = TrapEmulateVM if mode == "trap-emulate" else BinaryTranslationVM
-    return kind(machine, GUEST_RAM, cost, name, kernel_text=kernel_text(kernel), patch=patch)
+        vm = NativeVM(workload, cost, machine)
+    else:
+        if machine is None:
+            machine = Host(size).new_machine(size, cost)
+        kernel, _ = install(machine, workload, GUEST_RAM)
+        kind = TrapEmulateVM if mode == "trap-emulate" else BinaryTranslationVM
+        vm = kind(machine, GUEST_RAM, cost, name, kernel_text=kernel_text(kernel), patch=patch)
+    if host is not None:
+        host.vms.append(vm)
+    return vm
 
 
 def run_workload(
