@@ -282,6 +282,15 @@ def test_cli_compare_table_and_no_patch_report():
     assert out.returncode == 2 and "error: --no-patch" in out.stderr
 
 
+def test_cli_log_shows_the_vmms_last_events():
+    out = vm_command("run", "--workload", "io", "--mode", "trap-emulate", "--log", "3", "--json")
+    assert out.returncode == 0, out.stderr
+    log = json.loads(out.stdout)["log"]
+    assert len(log) == 3 and {"cycle", "eip", "kind", "text"} == set(log[0])
+    out = vm_command("run", "--workload", "io", "--log", "3")
+    assert out.returncode == 2 and "error: --log" in out.stderr
+
+
 def _guest_view(vm) -> tuple:
     """The vCPU as the guest sees it, under a VMM."""
     st, v = vm.state, vm.vcpu

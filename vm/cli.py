@@ -1,7 +1,7 @@
 """`python -m vm`: run toyos, benchmark the core, or take a short tour.
 
 python -m vm run [--workload NAME] [--mode MODE] [--no-patch] [--compare] [--trace N] [--json]
-                 [--budget N] [--cost PRESET]
+                 [--log N] [--budget N] [--cost PRESET]
 python -m vm bench [--json] [--quick]
 python -m vm demo
 """
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--trace", type=int, default=0, metavar="N", help="show the first N steps")
     run.add_argument("--json", action="store_true", help="print one JSON object")
+    run.add_argument("--log", type=int, default=0, metavar="N", help="show the VMM's last N events")
     run.add_argument("--budget", type=_positive, default=500_000_000)
     from vm.cpu.cost import PRESETS
 
@@ -82,6 +83,8 @@ def run_command(args: argparse.Namespace) -> int:
         raise ValueError("--trace single-steps bare metal: use it with --mode native")
     if args.no_patch and (args.mode != "trap-emulate" or args.compare):
         raise ValueError("--no-patch is for --mode trap-emulate")
+    if args.log < 0 or (args.log and args.mode == "native"):
+        raise ValueError("--log N shows a VMM's events: use it with a virtualized --mode")
     if args.compare:
         return compare_command(args, cost)
     vm = boot(args.mode, args.workload, cost, patch=not args.no_patch)
@@ -98,10 +101,15 @@ def run_command(args: argparse.Namespace) -> int:
             "console": result.console,
             "stats": result.stats,
         }
+        if args.log:
+            out["log"] = [event._asdict() for event in list(vm.log)[-args.log :]]
         print(json.dumps(out))
     else:
         print(result.console, end="" if result.console.endswith("\n") else "\n")
         print(stats_table(result.stats))
+        if args.log:
+            print(f"\nthe VMM's last {args.log} events (cycle, guest EIP, kind, what):")
+            print(vm.log.tail(args.log))
     if result.ok:
         return 0
     messages = {
