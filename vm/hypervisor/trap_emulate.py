@@ -25,8 +25,6 @@ callout rather than a trap.
 
 from __future__ import annotations
 
-from array import array
-
 import numpy as np
 
 from vm.cpu import state as S
@@ -250,8 +248,11 @@ class TrapEmulateVM(VM):
         frame = self.guest_tlb.get(top >> 12)
         one_page = top >= 0 and top >> 12 == (esp - 1) >> 12 and not esp & 3
         if frame is not None and one_page and frame not in self.protected:
-            i = (frame | (top & 0xFFF)) >> 2
-            self.wv[i : i + len(values)] = array("I", [v & 0xFFFFFFFF for v in reversed(values)])
+            i = (frame | (esp & 0xFFF)) >> 2 if esp & 0xFFF else (frame + 4096) >> 2
+            wv = self.wv
+            for value in values:  # (a plain loop beats building an array for a few words)
+                i -= 1
+                wv[i] = value & 0xFFFFFFFF
             return top
         for value in values:
             esp = (esp - 4) & 0xFFFFFFFF
@@ -297,7 +298,7 @@ class TrapEmulateVM(VM):
     # ---- entering the guest --------------------------------------------------------------------
     def before_entry(self) -> None:
         """Inject a virtual interrupt when the guest's IF allows it."""
-        if self.vcpu.vif or self.sv[S.CS] & 3 == 3:
+        if self.pic.irr and (self.vcpu.vif or self.sv[S.CS] & 3 == 3):
             vector = self.pic.deliverable()
             if vector >= 0:
                 self.pic.acknowledge(vector)
@@ -355,12 +356,11 @@ class TrapEmulateVM(VM):
             self.acct.exits[FAULT_NAMES[vector & 0xFF]] += 1
             if vector == 14:
                 self.page_fault(st[S.CR2], error, eip)  # (charged by what it turns out to be)
-            else:
-                self.charge(self.trap_cycles)
-                if not (vector == 13 and cpl == 1 and self.emulate_privileged(eip)):
-                    software = vector >= 32 or vector == 3
-                    self.record("reflect", REFLECT_TEXT[vector & 0xFF])
-                    self.reflect(vector, NO_ERROR_CODE if software else error, eip, software)
+            elif not (vector == 13 and cpl == 1 and self.emulate_privileged(eip)):
+                self.charge(self.trap_cycles)  # for the guest kernel: reflect it
+                software = vector >= 32 or vector == 3
+                self.record("reflect", REFLECT_TEXT[vector & 0xFF])
+                self.reflect(vector, NO_ERROR_CODE if software else error, eip, software)
         if self.check_shadow:
             self.assert_shadow_consistent()
 
@@ -396,11 +396,13 @@ class TrapEmulateVM(VM):
     def emulate_privileged(self, eip: int) -> bool:
         """#GP in the guest kernel: carry out the instruction at EIP if it is privileged."""
         ins = self.fetch(eip)
-        if ins is None or not self.emulate(ins, eip):
+        if ins is None or ins.mnemonic not in self.emulators:
             return False
         self.acct.emulated[ins.mnemonic] += 1
-        self.charge(self.cost.emulation)
+        self.charge(self.trap_cycles + self.cost.emulation)
         self.record("emulate", f"{ins.mnemonic} trapped (#GP) and emulated", eip)
+        if not self.emulate(ins, eip):
+            self.reflect(6, NO_ERROR_CODE, eip)  # no such instruction (MOV CS): #UD
         return True
 
     def callout(self, site: int) -> None:
@@ -410,7 +412,8 @@ class TrapEmulateVM(VM):
         self.acct.emulated[ins.mnemonic] += 1
         self.charge_callout()
         self.record("emulate", self.site_text[ins.mnemonic], site)
-        self.emulate(ins, site)
+        if not self.emulate(ins, site):
+            self.reflect(6, NO_ERROR_CODE, site)  # no such instruction (MOV CS): #UD
 
     def charge_callout(self) -> None:
         """Patched sites trap (INT3): an exit and an emulation."""
@@ -427,34 +430,34 @@ class TrapEmulateVM(VM):
             return False
         st = self.sv
         st[S.EIP] = (eip + ins.length) & 0xFFFFFFFF
-        if emulator(ins, eip, st[0:8].tolist()) is False:
+        if emulator(ins, eip) is False:
             st[S.EIP] = eip
             return False
         return True
 
-    # One small emulator per instruction: (instruction, its EIP, the general registers).
-    def emulate_cli(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+    # One small emulator per instruction: (the instruction, its EIP); EIP is already past it.
+    def emulate_cli(self, ins: Instruction, eip: int) -> None:
         """FA  CLI: the guest's IF, not the real one."""
         self.vcpu.vif = False
         self.last_cli = eip
 
-    def emulate_sti(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+    def emulate_sti(self, ins: Instruction, eip: int) -> None:
         """FB  STI."""
         self.vcpu.vif = True
 
-    def emulate_pushf(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+    def emulate_pushf(self, ins: Instruction, eip: int) -> None:
         """9C  PUSHFD: push the flags with the guest's IF."""
-        self.sv[S.ESP] = self.push_stack(regs[S.ESP], [self.virtual_eflags()])
+        self.sv[S.ESP] = self.push_stack(self.sv[S.ESP], [self.virtual_eflags()])
 
-    def emulate_popf(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+    def emulate_popf(self, ins: Instruction, eip: int) -> None:
         """9D  POPFD: IF goes to the vCPU."""
-        self.set_flags_from_guest(self.read_linear(regs[S.ESP]))
-        self.sv[S.ESP] = (regs[S.ESP] + 4) & 0xFFFFFFFF
+        self.set_flags_from_guest(self.read_linear(self.sv[S.ESP]))
+        self.sv[S.ESP] = (self.sv[S.ESP] + 4) & 0xFFFFFFFF
 
-    def emulate_iret(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+    def emulate_iret(self, ins: Instruction, eip: int) -> None:
         """CF  IRETD: back to the guest kernel (at ring 1) or to user mode."""
         st = self.sv
-        esp = regs[S.ESP]
+        esp = self.sv[S.ESP]
         new_eip, cs, flags = self.read_stack(esp, 3)
         cs &= 0xFFFF
         if cs & 3 == 3:
@@ -468,101 +471,101 @@ class TrapEmulateVM(VM):
         st[S.EIP] = new_eip
         self.set_flags_from_guest(flags)
 
-    def emulate_in(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+    def emulate_in(self, ins: Instruction, eip: int) -> None:
         """E4/E5 ib  IN AL/EAX, imm8;  EC/ED  IN AL/EAX, DX: the VM's devices answer."""
-        port = ins.port if ins.port >= 0 else regs[S.EDX] & 0xFFFF
+        port = ins.port if ins.port >= 0 else self.sv[S.EDX] & 0xFFFF
         mask = 0xFF if ins.size == 1 else 0xFFFFFFFF
         value = self.port_in(port, ins.size) & mask
-        self.sv[S.EAX] = (regs[S.EAX] & ~mask & 0xFFFFFFFF) | value
+        self.sv[S.EAX] = (self.sv[S.EAX] & ~mask & 0xFFFFFFFF) | value
 
-    def emulate_out(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+    def emulate_out(self, ins: Instruction, eip: int) -> None:
         """E6/E7 ib  OUT imm8, AL/EAX;  EE/EF  OUT DX, AL/EAX."""
-        port = ins.port if ins.port >= 0 else regs[S.EDX] & 0xFFFF
+        port = ins.port if ins.port >= 0 else self.sv[S.EDX] & 0xFFFF
         mask = 0xFF if ins.size == 1 else 0xFFFFFFFF
-        self.port_out(port, regs[S.EAX] & mask, ins.size)
+        self.port_out(port, self.sv[S.EAX] & mask, ins.size)
 
-    def emulate_mov_to_cr(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+    def emulate_mov_to_cr(self, ins: Instruction, eip: int) -> None:
         """0F 22 /r  MOV CRn, r32."""
-        self.write_cr(ins.reg, regs[ins.rm])
+        self.write_cr(ins.reg, self.sv[ins.rm])
 
-    def emulate_mov_from_cr(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+    def emulate_mov_from_cr(self, ins: Instruction, eip: int) -> None:
         """0F 20 /r  MOV r32, CRn: the guest's own control registers."""
         v = self.vcpu
         self.sv[ins.rm] = (v.cr0, 0, v.cr2, v.cr3, v.cr4, 0, 0, 0)[ins.reg]
 
-    def emulate_lgdt(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+    def emulate_lgdt(self, ins: Instruction, eip: int) -> None:
         """0F 01 /2  LGDT m16&32."""
         at = effective_address(ins, self.state)
         self.load_gdt(self.read_linear(at + 2), self.read_linear(at, 2))
 
-    def emulate_lidt(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+    def emulate_lidt(self, ins: Instruction, eip: int) -> None:
         """0F 01 /3  LIDT m16&32: the guest's IDT (the real one stays the VMM's)."""
         at = effective_address(ins, self.state)
         self.vcpu.idtr = (self.read_linear(at + 2), self.read_linear(at, 2))
 
-    def emulate_sgdt(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+    def emulate_sgdt(self, ins: Instruction, eip: int) -> None:
         """0F 01 /0  SGDT m (translated): the guest's own GDTR, not the real one."""
-        self._store_table_register(ins, regs, self.vcpu.gdtr)
+        self._store_table_register(ins, self.vcpu.gdtr)
 
-    def emulate_sidt(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+    def emulate_sidt(self, ins: Instruction, eip: int) -> None:
         """0F 01 /1  SIDT m (translated): the guest's own IDTR: no red pill."""
-        self._store_table_register(ins, regs, self.vcpu.idtr)
+        self._store_table_register(ins, self.vcpu.idtr)
 
-    def _store_table_register(self, ins: Instruction, regs: list[int], value) -> None:
+    def _store_table_register(self, ins: Instruction, value) -> None:
         base, limit = value
         at = effective_address(ins, self.state)
         self.write_linear(at, limit, 2)
         self.write_linear(at + 2, base)
 
-    def emulate_ltr(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+    def emulate_ltr(self, ins: Instruction, eip: int) -> None:
         """0F 00 /3  LTR r/m16: remember the guest's TSS (its ESP0 and SS0)."""
         v = self.vcpu
-        selector = self.operand16(ins, regs)
+        selector = self.operand16(ins)
         low, high = self.read_stack(v.gdtr[0] + (selector & ~7), 2)
         v.tr = selector
         v.tss_base = ((low >> 16) & 0xFFFF) | ((high & 0xFF) << 16) | (high & 0xFF000000)
         self.sv[S.TR] = selector
 
-    def emulate_str(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+    def emulate_str(self, ins: Instruction, eip: int) -> None:
         """0F 00 /1  STR r/m16 (translated)."""
-        self._store16(ins, regs, self.vcpu.tr)
+        self._store16(ins, self.vcpu.tr)
 
-    def emulate_sldt(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+    def emulate_sldt(self, ins: Instruction, eip: int) -> None:
         """0F 00 /0  SLDT r/m16 (translated): there is never an LDT."""
-        self._store16(ins, regs, 0)
+        self._store16(ins, 0)
 
-    def emulate_smsw(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+    def emulate_smsw(self, ins: Instruction, eip: int) -> None:
         """0F 01 /4  SMSW r/m16 (translated): the guest's CR0."""
-        self._store16(ins, regs, self.vcpu.cr0 & 0xFFFF)
+        self._store16(ins, self.vcpu.cr0 & 0xFFFF)
 
-    def _store16(self, ins: Instruction, regs: list[int], value: int) -> None:
+    def _store16(self, ins: Instruction, value: int) -> None:
         if ins.is_memory:
             self.write_linear(effective_address(ins, self.state), value, 2)
         else:
             self.sv[ins.rm] = value
 
-    def emulate_invlpg(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+    def emulate_invlpg(self, ins: Instruction, eip: int) -> None:
         """0F 01 /7  INVLPG m."""
         self.shadow.invlpg(effective_address(ins, self.state))
         self.guest_tlb.clear()
 
-    def emulate_mov_to_sreg(self, ins: Instruction, eip: int, regs: list[int]) -> bool | None:
+    def emulate_mov_to_sreg(self, ins: Instruction, eip: int) -> bool | None:
         """8E /r  MOV Sreg, r/m16: a ring 0 selector is loaded at ring 1."""
         if ins.reg in (1, 6, 7):  # CS cannot be loaded so; there are six segment registers
             return False
-        selector = self.operand16(ins, regs)
+        selector = self.operand16(ins)
         if selector & 3 == 0 and selector:
             selector |= 1
         self.sv[(S.ES, S.CS, S.SS, S.DS, S.FS, S.GS)[ins.reg]] = selector
         return None
 
-    def operand16(self, ins: Instruction, regs: list[int]) -> int:
+    def operand16(self, ins: Instruction) -> int:
         """The r/m16 operand of ins: a register, or a word of guest memory."""
         if ins.is_memory:
             return self.read_linear(effective_address(ins, self.state), 2)
-        return regs[ins.rm] & 0xFFFF
+        return self.sv[ins.rm] & 0xFFFF
 
-    def emulate_hlt(self, ins: Instruction, eip: int, regs: list[int]) -> None:
+    def emulate_hlt(self, ins: Instruction, eip: int) -> None:
         """HLT: wait for the next virtual interrupt, or report a vCPU that can never wake."""
         st = self.sv
         period = st[S.TIMER_PERIOD]

@@ -27,7 +27,7 @@ from vm.devices.console import Console
 from vm.machine import Machine, Snapshot, vector_name
 
 EVENT_LOG_SIZE = 10_000
-REASONS = tuple(ExitReason)  # by value
+EXIT_BUDGET = int(ExitReason.BUDGET)
 NO_ERROR_CODE = -1
 
 
@@ -227,9 +227,8 @@ class VM:
         self.log = EventLog(log_size)
         self.acct = Accounting()
         self.stopped: VMStopped | None = None
-        self._handlers = {
-            reason: getattr(self, f"handle_{reason.name.lower()}", None) for reason in ExitReason
-        }
+        # handle_<reason> for each exit reason, indexed by its number (None: unexpected)
+        self._handlers = [getattr(self, f"handle_{r.name.lower()}", None) for r in ExitReason]
 
     # ---- snapshots ----------------------------------------------------------------------------
     # The VMM's own state, copied by snapshot() (subclasses add theirs).
@@ -315,8 +314,8 @@ class VM:
                 if left <= 0:
                     return self.result("budget")
                 self.before_entry()
-                reason = REASONS[core_run(state, memory, left)]
-                if reason == ExitReason.BUDGET:
+                reason = core_run(state, memory, left)
+                if reason == EXIT_BUDGET:
                     continue
                 exits += 1
                 handler = handlers[reason]
