@@ -296,9 +296,9 @@ class TrapEmulateVM(VM):
         self._install_gdt(limit)
 
     # ---- entering the guest --------------------------------------------------------------------
-    def before_entry(self) -> None:
-        """Inject a virtual interrupt when the guest's IF allows it."""
-        if self.pic.irr and (self.vcpu.vif or self.sv[S.CS] & 3 == 3):
+    def inject_interrupt(self) -> None:
+        """Inject the waiting virtual interrupt when the guest's IF allows it."""
+        if self.vcpu.vif or self.sv[S.CS] & 3 == 3:
             vector = self.pic.deliverable()
             if vector >= 0:
                 self.pic.acknowledge(vector)
@@ -365,7 +365,7 @@ class TrapEmulateVM(VM):
             self.assert_shadow_consistent()
 
     def handle_interrupt(self) -> None:
-        """The real timer ticked: the tick waits in the virtual PIC (before_entry injects it)."""
+        """The real timer ticked: the tick waits in the virtual PIC for inject_interrupt."""
         self.acct.exits["INTERRUPT"] += 1
         self.charge(self.trap_cycles)
         if not self.pic.request(0):

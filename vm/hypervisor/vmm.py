@@ -306,14 +306,15 @@ class VM:
         st = self.sv
         end = st[S.INSTRUCTIONS] + budget
         handlers = self._handlers
-        state, memory = self.state, self.memory
+        state, memory, pic = self.state, self.memory, self.pic
         exits = 0
         try:
             while True:
                 left = end - st[S.INSTRUCTIONS] - exits
                 if left <= 0:
                     return self.result("budget")
-                self.before_entry()
+                if pic.irr:  # a virtual interrupt is waiting
+                    self.inject_interrupt()
                 reason = core_run(state, memory, left)
                 if reason == EXIT_BUDGET:
                     continue
@@ -328,8 +329,9 @@ class VM:
                 self.record("stop", f"{stop.status}: {stop.message}".rstrip(": "))
             return self.result()
 
-    def before_entry(self) -> None:
-        """Called before each entry into the guest (deliver pending interrupts, ...)."""
+    def inject_interrupt(self) -> None:
+        """Before entering the guest, with a virtual IRQ waiting: deliver it if the guest's
+        IF allows (the modes say how)."""
 
     def handle_shutdown(self) -> None:
         raise VMStopped("fault", "triple fault: the CPU shut down")
