@@ -61,10 +61,3 @@ def boot(
     if host is not None:
         host.vms.append(vm)
     return vm
-
-
-def run_workload(
-    mode: str, workload: str, cost: CostModel = DEFAULT, patch: bool = True
-) -> VMResult:
-    """Boot toyos in a mode and run the workload to the end."""
-    return boot(mode, workload, cost, patch=patch).run()

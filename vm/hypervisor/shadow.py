@@ -46,7 +46,6 @@ class ShadowPager:
         self.wv = memoryview(self.words)  # the same, as Python ints (fast to index)
         self.state = state
         self.ram_size = ram_size
-        self.area = area
         self.vmm_page = area  # the VMM's descriptor tables (GDT, IDT, TSS)
         self.vmm_table = area + PAGE  # maps the VMM's page at VMM_LINEAR, read-only
         self.first_free = area + 2 * PAGE

@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from vm.cpu import state as S
+from vm.cpu.core import run as core_run
 from vm.cpu.cost import DEFAULT, CostModel
 from vm.cpu.exits import ExitReason
 from vm.hypervisor.decoder import Instruction, decode, effective_address, instruction_length
@@ -321,9 +322,7 @@ class TrapEmulateVM(VM):
         if software and (high >> 13) & 3 < cpl:  # INT n the gate's DPL forbids: #GP at it
             size = 1 if self.read_bytes(return_eip - 1, 1) == b"\xcc" else 2  # INT3 or INT n
             return self.reflect(13, vector * 8 + 2, return_eip - size)
-        real_flags = st[S.EFLAGS]
-        guest_flags = real_flags & ~S.FLAG_IF | (S.FLAG_IF if v.vif else 0)
-        frame = [guest_flags, st[S.CS] & ~3 if cpl == 1 else st[S.CS], return_eip]
+        frame = [self.virtual_eflags(), self.guest_selector(st[S.CS]), return_eip]
         esp = st[S.ESP]
         if cpl == 3:  # from guest user mode: onto the guest kernel's stack, from its TSS
             frame = [st[S.SS], esp, *frame]
@@ -335,7 +334,7 @@ class TrapEmulateVM(VM):
         st[S.ESP] = self.push_stack(esp, frame)
         st[S.CS] = ((low >> 16) & 0xFFFC) | 1
         st[S.EIP] = (low & 0xFFFF) | (high & 0xFFFF0000)
-        st[S.EFLAGS] = real_flags & ~(S.FLAG_TF | 0x4000) | S.FLAG_IF
+        st[S.EFLAGS] = st[S.EFLAGS] & ~(S.FLAG_TF | 0x4000) | S.FLAG_IF
         if (high >> 8) & 0xF == 0xE:  # an interrupt gate clears IF
             v.vif = False
         self.acct.reflected += 1
@@ -638,7 +637,7 @@ class TrapEmulateVM(VM):
         shadow.flush_tlb()
         mask, executed = st[S.PIC_IMR], st[S.INSTRUCTIONS]
         st[S.PIC_IMR] = 0xFF  # no tick in the middle of the step
-        reason = ExitReason(core_run_step(self.state, self.memory))
+        reason = ExitReason(core_run(self.state, self.memory, 1))  # the write, one step
         st[S.PIC_IMR] = mask
         if entry >= 0:
             self.wv[entry // 4] &= 0xFFFFFFFD
@@ -665,13 +664,6 @@ class TrapEmulateVM(VM):
         out["shadow"] = dict(sorted((self.acct.shadow + self.shadow.counts).items()))
         out["patched_sites"] = len(self.sites)
         return out
-
-
-def core_run_step(state: np.ndarray, memory: np.ndarray) -> int:
-    """Run exactly one guest instruction (the write the VMM lets through)."""
-    from vm.cpu.core import run
-
-    return run(state, memory, 1)
 
 
 class BinaryTranslationVM(TrapEmulateVM):

@@ -24,7 +24,7 @@ from vm.cpu.core import run as core_run
 from vm.cpu.cost import DEFAULT, CostModel
 from vm.cpu.exits import ExitReason
 from vm.devices.console import Console
-from vm.machine import Machine, Snapshot, vector_name
+from vm.machine import Machine, Snapshot
 
 EVENT_LOG_SIZE = 10_000
 EXIT_BUDGET = int(ExitReason.BUDGET)
@@ -363,10 +363,3 @@ class VM:
             "shadow": dict(sorted(acct.shadow.items())),
             "page_walks": machine_stats["page_walks"],
         }
-
-
-def exit_name(reason: ExitReason, vector: int = -1) -> str:
-    """A short name for an exit, for the by-reason table: '#GP', 'INT 0x80', 'INTERRUPT'."""
-    if reason == ExitReason.FAULT:
-        return vector_name(vector)
-    return reason.name
