@@ -166,10 +166,26 @@ def test_out_exits_with_port_and_value_and_in_takes_an_answer():
 def test_int3_and_int_n_are_traps_with_eip_after():
     m = machine_with(bytes.fromhex("cc cd 80 f4"))  # int3 ; int 0x80 ; hlt
     ex = m.run()
-    assert (ex.reason, ex.vector, ex.eip) == (ExitReason.FAULT, 3, BASE + 1)
+    assert (ex.reason, ex.vector, ex.eip) == (ExitReason.SOFTWARE_INTERRUPT, 3, BASE + 1)
+    assert ex.length == 1
+    assert str(ex).startswith("SOFTWARE_INTERRUPT INT3")
     ex = m.run()
-    assert (ex.vector, ex.eip) == (0x80, BASE + 3)
-    assert str(ex).startswith("FAULT INT 0x80")
+    assert (ex.vector, ex.eip, ex.length) == (0x80, BASE + 3, 2)
+    assert str(ex).startswith("SOFTWARE_INTERRUPT INT 0x80")
+
+
+def test_software_interrupt_exits_are_chosen_per_vector():
+    # cd 21  int 0x21 (exits);  cd 80  int 0x80 (through the IDT: no gate, so #GP(0x80*8+2))
+    m = machine_with(bytes.fromhex("cd 21 cd 80 f4"))
+    m.set_soft_int_exits([0x21])
+    ex = m.run()
+    assert (ex.reason, ex.vector, ex.eip) == (ExitReason.SOFTWARE_INTERRUPT, 0x21, BASE + 2)
+    ex = m.run()
+    assert (ex.reason, ex.vector, ex.error_code, ex.eip) == (ExitReason.FAULT, 13, 0x402, BASE + 2)
+    m.set_soft_int_exits(())
+    assert not m.state[S.EXIT_CONTROLS] & S.EXIT_ON_SOFT_INT
+    with pytest.raises(ValueError, match="from 0 to 255"):
+        m.set_soft_int_exits([256])
 
 
 def run_at_cpl3(code: bytes, eflags: int = 0x202) -> tuple[Machine, Exit]:

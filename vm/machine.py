@@ -21,11 +21,12 @@ from vm.cpu.core import run as core_run
 from vm.cpu.cost import DEFAULT as DEFAULT_COST
 from vm.cpu.cost import CostModel
 from vm.cpu.exits import ExitReason
+from vm.cpu.memory import flush_tlb
+from vm.cpu.state import StateView
 
 DEFAULT_MEMORY = 1 << 20
 DEFAULT_LOAD_ADDRESS = 0x1000
 DEFAULT_BUDGET = 100_000_000
-SYSCALL_VECTOR = 0x80  # toyos's (and Linux's) INT 0x80
 REASONS = tuple(ExitReason)  # by value, for a quick lookup
 EXIT_BREAKPOINT = int(ExitReason.BREAKPOINT)
 
@@ -49,8 +50,11 @@ VECTOR_NAMES = {
 }
 
 
-def vector_name(vector: int) -> str:
-    """'#GP' for 13, 'INT 0x80' for a software interrupt vector."""
+def vector_name(vector: int, software: bool = False) -> str:
+    """'#GP' for 13, 'INT 0x80' for a vector an interrupt or INT n raised; with
+    ``software``, what INT n raised it ('INT3' for 3, 'INT 0xe' for 14)."""
+    if software:
+        return "INT3" if vector == 3 else f"INT {vector:#x}"
     return VECTOR_NAMES.get(vector, f"INT {vector:#x}")
 
 
@@ -67,12 +71,15 @@ class Exit(NamedTuple):
     value: int = 0
     control_register: int = -1  # CR_ACCESS: which CRn; is_in is True for a read
     register: int = -1  # CR_ACCESS: the general register (0 = EAX ... 7 = EDI)
+    length: int = 0  # bytes of the instruction that caused the exit (0: none did)
 
     def __str__(self) -> str:
         where = f"at {self.eip:#010x}"
         if self.reason == ExitReason.FAULT:
             code = f"({self.error_code:#x})" if self.error_code >= 0 else ""
             return f"{self.reason.name} {vector_name(self.vector)}{code} {where}"
+        if self.reason == ExitReason.SOFTWARE_INTERRUPT:
+            return f"{self.reason.name} {vector_name(self.vector, software=True)} {where}"
         if self.reason == ExitReason.INTERRUPT:
             return f"INTERRUPT vector {self.vector:#x} {where}"
         if self.reason == ExitReason.CR_ACCESS:
@@ -200,6 +207,7 @@ class Machine:
         self.state[S.MEM_SIZE] = memory_size
         self.state[S.ESP] = memory_size  # the stack grows down from the top of memory
         self.regs = Registers(self.state)
+        self.cpu = StateView.from_buffer(self.state)  # every slot by name: m.cpu.cr3
         self.program = None  # the last Program loaded by load_asm, for listings
 
     # ---- memory ---------------------------------------------------------------------------
@@ -286,12 +294,32 @@ class Machine:
             "instructions": int(st[S.INSTRUCTIONS]),
             "cycles": int(st[S.CYCLES]),
             "interrupts": int(st[S.STAT_INTERRUPTS]),
-            "syscalls": counts.get(SYSCALL_VECTOR, 0),
             "faults": {vector_name(v): n for v, n in counts.items() if v < 32},
             "vectors": counts,
             "page_walks": int(st[S.STAT_PAGE_WALKS]),
             "tlb_flushes": int(st[S.STAT_TLB_FLUSHES]),
         }
+
+    def flush_tlb(self) -> None:
+        """Forget every cached translation, as a CR3 write does (counted in the stats)."""
+        flush_tlb(self.state)
+
+    def set_soft_int_exits(self, vectors) -> None:
+        """Which INT n vectors exit to Python (SOFTWARE_INTERRUPT) instead of going through
+        the IDT: an iterable of vectors, ``"all"``, or ``()`` for none."""
+        exits = np.zeros(S.SOFT_INT_EXITS_SIZE, dtype=np.int64)
+        if vectors == "all":
+            exits[:] = 0xFFFFFFFF
+        else:
+            for vector in vectors:
+                if not isinstance(vector, int | np.integer) or not 0 <= vector <= 255:
+                    raise ValueError(f"a vector is from 0 to 255, not {vector!r}")
+                exits[vector >> 5] |= 1 << (vector & 31)
+        self.state[S.SOFT_INT_EXITS : S.SOFT_INT_EXITS + S.SOFT_INT_EXITS_SIZE] = exits
+        if exits.any():
+            self.state[S.EXIT_CONTROLS] |= S.EXIT_ON_SOFT_INT
+        else:
+            self.state[S.EXIT_CONTROLS] &= ~S.EXIT_ON_SOFT_INT
 
     # ---- breakpoints ----------------------------------------------------------------------
     @property
@@ -348,9 +376,15 @@ class Machine:
                 size=slots[at + S.EXIT_SIZE],
                 is_in=slots[at + S.EXIT_IS_IN] == 1,
                 value=slots[at + S.EXIT_VALUE],
+                length=int(self.state[S.EXIT_INSTRUCTION_LENGTH]),
             )
+        length = int(self.state[S.EXIT_INSTRUCTION_LENGTH])
         if reason == ExitReason.FAULT:
-            return Exit(reason, eip, slots[at + S.EXIT_VECTOR], slots[at + S.EXIT_ERROR])
+            return Exit(
+                reason, eip, slots[at + S.EXIT_VECTOR], slots[at + S.EXIT_ERROR], length=length
+            )
+        if reason == ExitReason.SOFTWARE_INTERRUPT:
+            return Exit(reason, eip, slots[at + S.EXIT_VECTOR], length=length)
         if reason == ExitReason.INTERRUPT:
             return Exit(reason, eip, slots[at + S.EXIT_VECTOR])
         if reason == ExitReason.CR_ACCESS:

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vm.asm.errors import Location
-from vm.isa import FORMS_BY_MNEMONIC, IMM_SIZES, Form
+from vm.isa import FORMS_BY_MNEMONIC, IMM_SIZES, REG8_NAMES, REG32_NAMES, SREG_NAMES, Form
 
-REG32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
-REG16 = ("ax", "cx", "dx", "bx", "sp", "bp", "si", "di")
-REG8 = ("al", "cl", "dl", "bl", "ah", "ch", "dh", "bh")
-SREGS = ("es", "cs", "ss", "ds", "fs", "gs")
+REG32 = REG32_NAMES
+REG16 = tuple(name[1:] for name in REG32_NAMES)  # ax cx dx bx sp bp si di
+REG8 = REG8_NAMES
+SREGS = SREG_NAMES
 CREGS = {"cr0": 0, "cr2": 2, "cr3": 3, "cr4": 4}
 SIZES = {"byte": 1, "word": 2, "dword": 4}
 ESP, EBP = 4, 5

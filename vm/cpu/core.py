@@ -64,6 +64,7 @@ from vm.cpu.exits import (
     EXIT_IO,
     EXIT_NONE,
     EXIT_SHUTDOWN,
+    EXIT_SOFTWARE_INTERRUPT,
 )
 from vm.cpu.flags import (
     LOP_CFOF,
@@ -114,6 +115,7 @@ from vm.cpu.state import (
     EXC_EXIT_BITMAP,
     EXIT_CONTROLS,
     EXIT_ERROR,
+    EXIT_INSTRUCTION_LENGTH,
     EXIT_IS_IN,
     EXIT_ON_HLT,
     EXIT_ON_INTERRUPT,
@@ -139,6 +141,7 @@ from vm.cpu.state import (
     PIC_VECTOR_BASE,
     SCRATCH_SIZE,
     SKIP_BREAKPOINT,
+    SOFT_INT_EXITS,
     STAT_INTERRUPTS,
     STAT_PAGE_WALKS,
     STATE_SIZE,
@@ -147,14 +150,15 @@ from vm.cpu.state import (
     VECTOR_COUNTS,
 )
 from vm.cpu.system import (
+    SYSTEM_BLOCK_INTERRUPTS,
     SYSTEM_EXIT_CPUID,
     SYSTEM_EXIT_CR_ACCESS,
     SYSTEM_FAULT,
-    SYSTEM_SHADOW,
     deliver,
     iret,
     system_instruction,
 )
+from vm.isa import POPF_WRITABLE
 
 VECTOR_DE = 0  # divide error
 VECTOR_BP = 3  # breakpoint (INT3)
@@ -163,9 +167,6 @@ VECTOR_DF = 8  # double fault
 VECTOR_GP = 13  # general protection
 NO_ERROR_CODE = -1
 
-# POPF: the flags it may change at any CPL (CF PF AF ZF SF DF OF NT AC ID). IF needs
-# CPL <= IOPL and IOPL needs CPL 0; other CPLs keep them silently, as on real x86.
-POPF_WRITABLE = 0x001 | 0x004 | 0x010 | 0x040 | 0x080 | 0x400 | 0x800 | 0x4000 | 0x40000 | 0x200000
 
 # Which branch of run() executes each opcode (index: the opcode byte, or 256 + the byte
 # after 0F). A chain of "handler == H_..." tests compiles to one jump through a table.
@@ -399,8 +400,9 @@ def multiply(state, signed, size, value):
 
 
 EVENT_DELIVERED = 0
-EVENT_EXIT = 1
+EVENT_EXIT = 1  # an exception exits (EXC_EXIT_BITMAP): FAULT
 EVENT_SHUTDOWN = 2
+EVENT_SOFTWARE_EXIT = 3  # INT n / INT3 exits (EXIT_ON_SOFT_INT, SOFT_INT_EXITS): SOFTWARE_INTERRUPT
 
 
 @jit(pair(i64)(Mem, State, i64, b1, i64))
@@ -437,8 +439,9 @@ def fetch(mem, state, eip, user, have):
 def raise_event(mem, state, vector, error, return_eip, flags, software, instruction_eip):
     """Take an exception or interrupt -> (EVENT_*, EIP, EFLAGS).
 
-    It exits to Python when the exception-exit bitmap (or, for INT n, EXIT_ON_SOFT_INT)
-    says so, else it is delivered through the guest's IDT. When INT n cannot be
+    It exits to Python when the exception-exit bitmap (or, for INT n and INT3,
+    EXIT_ON_SOFT_INT with the vector's SOFT_INT_EXITS bit) says so, else it is delivered
+    through the guest's IDT. When INT n cannot be
     delivered (a gate's DPL, a bad gate), the fault that stopped it is raised instead, at
     the INT instruction (``instruction_eip``). A fault while delivering an exception or
     interrupt becomes a double fault (#DF); a fault while delivering that is a triple
@@ -446,10 +449,13 @@ def raise_event(mem, state, vector, error, return_eip, flags, software, instruct
     """
     state[VECTOR_COUNTS + (vector & 0xFF)] += 1
     if software:
-        exits = state[EXIT_CONTROLS] & EXIT_ON_SOFT_INT
-    else:
-        exits = vector < 32 and (state[EXC_EXIT_BITMAP] >> vector) & 1
-    if exits:
+        if state[EXIT_CONTROLS] & EXIT_ON_SOFT_INT:
+            word = state[SOFT_INT_EXITS + ((vector >> 5) & 7)]
+            if (word >> (vector & 31)) & 1:
+                state[EXIT_VECTOR] = vector
+                state[EXIT_ERROR] = error
+                return EVENT_SOFTWARE_EXIT, return_eip, flags
+    elif vector < 32 and (state[EXC_EXIT_BITMAP] >> vector) & 1:
         state[EXIT_VECTOR] = vector
         state[EXIT_ERROR] = error
         return EVENT_EXIT, return_eip, flags
@@ -514,7 +520,9 @@ def run(state, mem, budget):
     timer_period = state[TIMER_PERIOD]
     tick_at = state[TIMER_NEXT] - state[CYCLES]
     irq_pending = irq_waiting(state)
-    shadow = False  # the instruction after STI runs before interrupts are taken
+    # Intel's "blocking by STI" and "blocking by MOV SS": the instruction after an STI that
+    # set IF, or after a MOV SS, runs before any interrupt is taken.
+    blocked_by_sti_or_mov_ss = False
 
     while True:
         if count + events >= budget:
@@ -537,7 +545,7 @@ def run(state, mem, budget):
             state[EXIT_VECTOR] = state[PIC_VECTOR_BASE] + irq
             reason = EXIT_INTERRUPT
             break
-        if irq_pending and flags & FLAG_IF and not shadow:
+        if irq_pending and flags & FLAG_IF and not blocked_by_sti_or_mov_ss:
             vector = acknowledge_irq(state)
             if vector >= 0:
                 state[STAT_INTERRUPTS] += 1
@@ -554,7 +562,7 @@ def run(state, mem, budget):
                     break
                 continue  # (a single step shows the delivery on its own)
             irq_pending = irq_waiting(state)
-        shadow = False
+        blocked_by_sti_or_mov_ss = False
         if nbreak > 0:
             hit = False
             for i in range(nbreak):
@@ -967,7 +975,7 @@ def run(state, mem, budget):
             elif op == 0xFA:
                 flags &= ~FLAG_IF
             else:
-                shadow = not flags & FLAG_IF  # interrupts wait for the next instruction
+                blocked_by_sti_or_mov_ss = not flags & FLAG_IF  # (for one instruction)
                 flags |= FLAG_IF
         elif handler == H_IO:
             # E4 ib  IN AL, imm8;  E5 ib  IN EAX, imm8;  E6 ib  OUT imm8, AL;  E7 ib  OUT imm8, EAX
@@ -1007,8 +1015,8 @@ def run(state, mem, budget):
             status = system_instruction(mem, state, op, mod, reg, rm, ea, src, user)
             if status == SYSTEM_FAULT:
                 fault = True
-            elif status == SYSTEM_SHADOW:
-                shadow = True  # after MOV SS, interrupts wait one instruction
+            elif status == SYSTEM_BLOCK_INTERRUPTS:
+                blocked_by_sti_or_mov_ss = True  # after MOV SS, interrupts wait one instruction
             elif status == SYSTEM_EXIT_CPUID:
                 reason = EXIT_CPUID
             elif status == SYSTEM_EXIT_CR_ACCESS:
@@ -1030,8 +1038,9 @@ def run(state, mem, budget):
             outcome, eip, flags = raise_event(
                 mem, state, state[FAULT_VECTOR], state[FAULT_ERROR], eip, flags, trap, start
             )
-            if outcome == EVENT_EXIT:
-                reason = EXIT_FAULT
+            if outcome == EVENT_EXIT or outcome == EVENT_SOFTWARE_EXIT:
+                reason = EXIT_FAULT if outcome == EVENT_EXIT else EXIT_SOFTWARE_INTERRUPT
+                state[EXIT_INSTRUCTION_LENGTH] = length
                 break
             if outcome == EVENT_SHUTDOWN:
                 reason = EXIT_SHUTDOWN
@@ -1051,6 +1060,7 @@ def run(state, mem, budget):
         count += 1
         cycles += state[COST_TABLE + form]
         if reason != EXIT_NONE:
+            state[EXIT_INSTRUCTION_LENGTH] = length  # (IO, HALT, CPUID, CR_ACCESS)
             break
 
     cycles += (state[STAT_PAGE_WALKS] - walks_seen) * state[COST_PAGE_WALK]

@@ -7,12 +7,16 @@ Every value is kept in 0..2**32-1.
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
+
+from vm.isa import REG8_NAMES, REG32_NAMES
 
 # General registers, x86 encoding order (ModRM.reg / .rm, the +r of opcodes).
 EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI = range(8)
-REG_NAMES = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
-REG8_NAMES = ("al", "cl", "dl", "bl", "ah", "ch", "dh", "bh")
+REG_NAMES = REG32_NAMES
+REG8_NAMES = REG8_NAMES
 
 EIP = 8
 EFLAGS = 9
@@ -86,11 +90,18 @@ ES = 54
 FS = 55
 GS = 56
 FRAME = 57  # 6 scratch slots: the frame an interrupt delivery pushes
+FRAME_SIZE = 6
+EXIT_INSTRUCTION_LENGTH = 63  # FAULT, SOFTWARE_INTERRUPT, IO, ...: bytes of the instruction
+# Software-interrupt exits, per vector (with EXIT_ON_SOFT_INT): bit v % 32 of slot v // 32
+# set makes INT v (INT3: v = 3) exit as SOFTWARE_INTERRUPT instead of going through the IDT,
+# so one gate can exit to the VMM while another goes straight to the guest kernel.
+SOFT_INT_EXITS = 64
+SOFT_INT_EXITS_SIZE = 8
 
 # Slot ranges after the registers: breakpoint addresses, then the cost table
 # (simulated cycles per instruction form, see vm.isa.opcode_cost_table).
 MAX_BREAKPOINTS = 64
-BREAKPOINTS = 64
+BREAKPOINTS = 80
 COST_TABLE = BREAKPOINTS + MAX_BREAKPOINTS
 COST_TABLE_SIZE = 512 * 8
 # How many times each vector was delivered or exited (exceptions, IRQs, INT n).
@@ -121,7 +132,8 @@ EXIT_ON_IO = 1
 EXIT_ON_HLT = 2
 EXIT_ON_CPUID = 4
 EXIT_ON_CR_ACCESS = 8
-EXIT_ON_SOFT_INT = 16  # INT n and INT3 exit (as FAULT) instead of going through the IDT
+EXIT_ON_SOFT_INT = 16  # INT n and INT3 whose SOFT_INT_EXITS bit is set exit (as
+# SOFTWARE_INTERRUPT) instead of going through the IDT
 EXIT_ON_INTERRUPT = 32  # an unmasked IRQ exits (INTERRUPT, whatever IF says) instead of being
 # delivered: the VMM owns the hardware's interrupts (VT-x's external-interrupt exiting)
 
@@ -152,8 +164,67 @@ def new_state() -> np.ndarray:
     state[CR0] = 0x1  # PE: protected mode from reset (see README, Differences)
     state[EXC_EXIT_BITMAP] = 0xFFFFFFFF
     state[EXIT_CONTROLS] = EXIT_ON_IO | EXIT_ON_HLT | EXIT_ON_SOFT_INT
+    state[SOFT_INT_EXITS : SOFT_INT_EXITS + SOFT_INT_EXITS_SIZE] = 0xFFFFFFFF  # every vector
     state[PIC_IMR] = 0xFF
     state[PIC_VECTOR_BASE] = 32
     state[TIMER_SCALE] = 1
     state[TLB_TAGS : TLB_TAGS + TLB_ENTRIES] = -1
     return state
+
+
+# ---- the named view ----------------------------------------------------------------------------
+# Every slot above by name, with how many slots it spans. StateView (below) is built from
+# this list, so a slot added above and here is readable by name with no other change.
+SLOT_LAYOUT = (
+    *((name.upper(), 1) for name in REG32_NAMES),
+    ("EIP", 1), ("EFLAGS", 1), ("CR0", 1), ("CR2", 1), ("CR3", 1), ("CR4", 1),
+    ("CS", 1), ("SS", 1),
+    ("EXIT_REASON", 1), ("EXIT_VECTOR", 1), ("EXIT_ERROR", 1), ("EXIT_PORT", 1),
+    ("EXIT_SIZE", 1), ("EXIT_IS_IN", 1), ("EXIT_VALUE", 1),
+    ("INSTRUCTIONS", 1), ("CYCLES", 1),
+    ("EXC_EXIT_BITMAP", 1), ("EXIT_CONTROLS", 1), ("MEM_BASE", 1), ("MEM_SIZE", 1),
+    ("N_BREAKPOINTS", 1), ("SKIP_BREAKPOINT", 1),
+    ("GDTR_BASE", 1), ("GDTR_LIMIT", 1), ("IDTR_BASE", 1), ("IDTR_LIMIT", 1), ("TR", 1),
+    ("FAULT_VECTOR", 1), ("FAULT_ERROR", 1), ("TSS_BASE", 1),
+    ("PIC_IRR", 1), ("PIC_IMR", 1), ("PIC_ISR", 1), ("PIC_VECTOR_BASE", 1),
+    ("TIMER_PERIOD", 1), ("TIMER_NEXT", 1), ("PIT_LATCH", 1), ("TIMER_SCALE", 1),
+    ("COST_EXCEPTION", 1), ("COST_PAGE_WALK", 1), ("COST_IO", 1),
+    ("STAT_PAGE_WALKS", 1), ("STAT_TLB_FLUSHES", 1), ("STAT_INTERRUPTS", 1),
+    ("DS", 1), ("ES", 1), ("FS", 1), ("GS", 1),
+    ("FRAME", FRAME_SIZE), ("EXIT_INSTRUCTION_LENGTH", 1),
+    ("SOFT_INT_EXITS", SOFT_INT_EXITS_SIZE),
+    ("BREAKPOINTS", MAX_BREAKPOINTS), ("COST_TABLE", COST_TABLE_SIZE),
+    ("VECTOR_COUNTS", 256), ("TLB_TAGS", TLB_ENTRIES), ("TLB_VALUES", TLB_ENTRIES),
+)  # fmt: skip
+# Slots that share another's place, by what the exit is (CR_ACCESS reuses the IO slots).
+SLOT_ALIASES = {
+    "EXIT_CR": "EXIT_PORT",
+    "EXIT_CR_WRITE": "EXIT_IS_IN",
+    "EXIT_CR_REGISTER": "EXIT_SIZE",
+}
+
+
+def _state_view_class() -> type[ctypes.Structure]:
+    fields: list[tuple[str, type]] = []
+    at = 0
+    for name, count in SLOT_LAYOUT:
+        index = globals()[name]
+        if index > at:  # slots no one uses yet
+            fields.append((f"_unused_{at}", ctypes.c_int64 * (index - at)))
+        fields.append((name.lower(), ctypes.c_int64 * count if count > 1 else ctypes.c_int64))
+        at = index + count
+    if at != STATE_SIZE:
+        raise AssertionError(f"SLOT_LAYOUT ends at {at}, the state has {STATE_SIZE} slots")
+    view = type("StateView", (ctypes.Structure,), {"_fields_": fields, "__slots__": ()})
+    for alias, name in SLOT_ALIASES.items():
+        setattr(view, alias.lower(), getattr(view, name.lower()))
+    return view
+
+
+StateView = _state_view_class()
+StateView.__doc__ = """The state array's slots by name (``view.eip``, ``view.cr3 = x``).
+
+A ctypes structure over the same memory as the array (``StateView.from_buffer(state)``):
+reading or writing a field is as fast as indexing a memoryview, and Python code that
+names what it touches needs no slot numbers. Ranges are ctypes arrays
+(``view.vector_counts[0x80]``)."""

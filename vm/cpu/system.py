@@ -51,6 +51,7 @@ from vm.cpu.state import (
     TR,
     TSS_BASE,
 )
+from vm.isa import POPF_WRITABLE
 
 VECTOR_UD = 6
 VECTOR_TS = 10
@@ -64,10 +65,8 @@ GATE_TRAP = 0xF  # 32-bit trap gate: keeps IF
 TSS_AVAILABLE = 0x9
 TSS_BUSY = 0xB
 
-# The flags IRET restores at any CPL (CF PF AF ZF SF DF OF NT AC ID, and TF, which
-# vmlab keeps but does not act on); IF needs CPL <= IOPL, IOPL needs CPL 0.
-IRET_WRITABLE = 0x001 | 0x004 | 0x010 | 0x040 | 0x080 | 0x400 | 0x800 | 0x4000 | 0x40000
-IRET_WRITABLE |= 0x200000
+# The flags IRET restores at any CPL (the same as POPF's); IF needs CPL <= IOPL, IOPL CPL 0.
+IRET_WRITABLE = POPF_WRITABLE
 NT_RF_VM = 0x4000 | 0x10000 | 0x20000
 
 
@@ -292,7 +291,7 @@ def check_data_selector(mem, state, selector, is_stack):
 SYSTEM_OK = 0
 SYSTEM_FAULT = 1
 SYSTEM_NEW_TRANSLATIONS = 2  # CR0, CR3 or INVLPG changed what addresses mean
-SYSTEM_SHADOW = 3  # MOV SS: the next instruction runs before any interrupt
+SYSTEM_BLOCK_INTERRUPTS = 3  # MOV SS: the next instruction runs before any interrupt
 SYSTEM_EXIT_CPUID = 4
 SYSTEM_EXIT_CR_ACCESS = 5
 
@@ -406,7 +405,7 @@ def system_instruction(mem, state, op, mod, reg, rm, ea, src, user):
         if not check_data_selector(mem, state, src, reg == 2):
             return SYSTEM_FAULT
         state[SREG_SLOTS[reg]] = src
-        return SYSTEM_SHADOW if reg == 2 else SYSTEM_OK
+        return SYSTEM_BLOCK_INTERRUPTS if reg == 2 else SYSTEM_OK
     # 0F A2  CPUID
     if state[EXIT_CONTROLS] & EXIT_ON_CPUID:
         return SYSTEM_EXIT_CPUID

@@ -28,6 +28,7 @@ KERNEL_ADDRESS = 0x1000
 USER_IMAGE_ADDRESS = 0x80000
 BOOT_ARGS = 0x0FF0  # workload, user image size, memory size, timer divisor
 EXIT_PORT = 0xF4  # the kernel writes its exit status here (0 = clean shutdown)
+SYSCALL_VECTOR = 0x80  # toyos's system calls: INT 0x80, as Linux's
 MAX_USER_IMAGE = 4 * 4096
 # The PIT counts once every CYCLES_PER_PIT_COUNT simulated cycles, so toyos's default
 # divisor (20,000) ticks every 1,000,000 cycles: 1 kHz on a 1 GHz CPU, Linux's HZ=1000.
@@ -154,5 +155,7 @@ class ToyOS:
         return RunResult(status, self.console.text, ex, exit_code, self.stats())
 
     def stats(self) -> dict[str, object]:
-        """Counters of the run so far (see Machine.stats)."""
-        return self.machine.stats()
+        """Counters of the run so far (see Machine.stats), and toyos's system calls."""
+        stats = self.machine.stats()
+        stats["syscalls"] = stats["vectors"].get(SYSCALL_VECTOR, 0)
+        return stats

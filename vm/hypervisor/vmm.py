@@ -229,6 +229,8 @@ class VM:
         self.stopped: VMStopped | None = None
         # handle_<reason> for each exit reason, indexed by its number (None: unexpected)
         self._handlers = [getattr(self, f"handle_{r.name.lower()}", None) for r in ExitReason]
+        if self._handlers[ExitReason.SOFTWARE_INTERRUPT] is None:  # (until the exit table)
+            self._handlers[ExitReason.SOFTWARE_INTERRUPT] = self._handlers[ExitReason.FAULT]
 
     # ---- snapshots ----------------------------------------------------------------------------
     # The VMM's own state, copied by snapshot() (subclasses add theirs).

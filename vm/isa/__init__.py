@@ -30,17 +30,35 @@ import numpy as np
 
 __all__ = [
     "COND_CODES",
+    "CR_NAMES",
     "DEFAULT_COST_TABLE",
     "FLAG_BITS",
     "FORMS",
     "FORMS_BY_MNEMONIC",
     "IMM_SIZES",
+    "POPF_WRITABLE",
+    "REG8_NAMES",
+    "REG32_NAMES",
+    "SREG_NAMES",
     "Form",
     "opcode_cost_table",
 ]
 
+# Register names in x86 encoding order (ModRM.reg and .rm, the +r of opcodes): the one list
+# the assembler, the CPU's state layout, the Python API and the VMM use.
+REG32_NAMES = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
+REG8_NAMES = ("al", "cl", "dl", "bl", "ah", "ch", "dh", "bh")
+SREG_NAMES = ("es", "cs", "ss", "ds", "fs", "gs")  # ModRM.reg of MOV to and from Sreg
+CR_NAMES = ("cr0", "cr1", "cr2", "cr3", "cr4", "cr5", "cr6", "cr7")  # (only 0, 2, 3, 4 exist)
+
 # EFLAGS bits by the letter the table uses for them.
 FLAG_BITS = {"c": 0x001, "p": 0x004, "a": 0x010, "z": 0x040, "s": 0x080, "d": 0x400, "o": 0x800}
+
+# What POPF and IRET may change at any CPL: CF PF AF ZF SF DF OF, NT (0x4000), AC (0x40000)
+# and ID (0x200000). IF also needs CPL <= IOPL, IOPL needs CPL 0; other CPLs keep them
+# silently, as on real x86. TF is not writable: vmlab does not model single-step traps
+# (README, Differences), so no POPF or IRET, native or emulated by a VMM, may set it.
+POPF_WRITABLE = 0x001 | 0x004 | 0x010 | 0x040 | 0x080 | 0x400 | 0x800 | 0x4000 | 0x40000 | 0x200000
 
 # Condition codes in encoding order (Jcc/SETcc low nibble). Each entry lists every alias.
 COND_CODES = [
