@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["vm.machine", "vm.guest.toyos", "vm.hypervisor.modes", "vm.hypervisor.host"]
+MODULES = ["vm.machine", "vm.guest.toyos", "vm.interface", "vm.hypervisor.host"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import struct
 
+import vm
 from vm.asm import assemble
 from vm.cpu import state as S
 from vm.cpu.exits import ExitReason
-from vm.guest.toyos import ToyOS
 from vm.hypervisor.host import Host
 
 WORKLOADS = ["compute", "syscalls", "spawn", "io"]
@@ -15,7 +15,7 @@ WORKLOADS = ["compute", "syscalls", "spawn", "io"]
 
 def test_four_toyos_guests_run_side_by_side_as_they_run_alone():
     host = Host(memory_size=16 << 20)
-    guests = [ToyOS(w, machine=host.new_machine(4 << 20)) for w in WORKLOADS]
+    guests = [vm.boot(w, host=host) for w in WORKLOADS]
     results = {}
     while len(results) < len(guests):  # round robin, 50,000 instructions a turn
         for workload, guest in zip(WORKLOADS, guests, strict=True):
@@ -24,7 +24,7 @@ def test_four_toyos_guests_run_side_by_side_as_they_run_alone():
                 if result.status != "budget":
                     results[workload] = result
     for workload in WORKLOADS:
-        alone = ToyOS(workload).run()
+        alone = vm.boot(workload).run()
         assert results[workload].ok
         assert results[workload].console == alone.console
         assert results[workload].stats == alone.stats

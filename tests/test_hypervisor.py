@@ -8,14 +8,20 @@ import json
 import pytest
 from test_commands import vm as vm_command
 
+import vm
 from vm.asm import assemble
-from vm.cpu import state as S
-from vm.guest.toyos import WORKLOADS, ToyOS
+from vm.guest.toyos import WORKLOADS
+from vm.hypervisor.binary_translation import BinaryTranslationVM
 from vm.hypervisor.host import Host, run_side_by_side
-from vm.hypervisor.modes import GUEST_RAM, MODES, boot
-from vm.hypervisor.trap_emulate import VMM_AREA, BinaryTranslationVM, TrapEmulateVM
+from vm.hypervisor.trap_emulate import TrapEmulateVM
+from vm.hypervisor.vmm_area import IDT_OFFSET, VMM_AREA, VMM_LINEAR
+from vm.interface import GUEST_RAM, MODES, Guest
 
 VIRTUAL = ("trap-emulate", "binary-translation")
+
+
+def boot(mode: str, workload: str, **options):
+    return vm.boot(workload, mode, **options)
 
 
 @pytest.fixture(scope="module")
@@ -43,26 +49,28 @@ def test_trap_and_emulate_costs_more_than_translation_which_costs_more_than_nati
 
 
 def test_without_patching_popf_loses_the_virtual_if_and_the_vmm_names_it():
-    vm = boot("trap-emulate", "sleeper", patch=False)
-    result = vm.run()
+    guest = boot("trap-emulate", "sleeper", patch=False)
+    result = guest.run()
     assert result.status == "hang" and not result.ok
     assert result.stats["lost_ticks"] >= 1
-    popf = vm.lost_enable
-    assert vm.window[popf] == 0x9D  # 9D  POPFD, left unpatched in the kernel's text
+    popf = guest.vm.lost_enable
+    assert guest.vm.machine.window[popf] == 0x9D  # 9D  POPFD, left unpatched in the kernel
     assert f"POPF at {popf:#x}" in result.message
     assert "silently keeps IF" in result.message
-    kernel = ToyOS("sleeper").kernel.symbols
+    kernel = guest.kernel_symbols
     assert kernel["idle"] < popf < kernel["panic_no_memory"]  # the idle loop's irqrestore
+    seen = [e.kind for e in guest.events if e.kind in ("hole", "hang")]
+    assert seen[-1] == "hang" and set(seen[:-1]) == {"hole"}  # the POPFs that lost IF
 
 
 def test_patching_rewrites_only_pushf_popf_and_iret_and_translation_every_sensitive_site():
-    te, bt = boot("trap-emulate", "io"), boot("binary-translation", "io")
-    assert {ins.mnemonic for ins in te.sites.values()} == {"pushf", "popf", "iret"}
+    te, bt = boot("trap-emulate", "io").vm, boot("binary-translation", "io").vm
+    assert {ins.name for ins in te.sites.values()} == {"pushf", "popf", "iret"}
     assert {"cli", "sti", "out", "mov_to_cr", "lgdt", "iret"} <= {
-        ins.mnemonic for ins in bt.sites.values()
+        ins.name for ins in bt.sites.values()
     }
     for address in te.sites:
-        assert te.window[address] == 0xCC  # INT3
+        assert te.machine.window[address] == 0xCC  # INT3
     result = bt.run()
     assert result.stats["callouts"] > 0 and "#GP" not in result.stats["exits_by_reason"]
 
@@ -70,9 +78,9 @@ def test_patching_rewrites_only_pushf_popf_and_iret_and_translation_every_sensit
 @pytest.mark.parametrize("mode", VIRTUAL)
 @pytest.mark.parametrize("workload", ["spawn", "pagetable", "faulty"])
 def test_shadow_tables_stay_what_the_guest_tables_imply_after_every_trap(mode, workload):
-    vm = boot(mode, workload)
-    vm.check_shadow = True  # compares every shadow entry with a guest walk after each exit
-    result = vm.run()
+    guest = boot(mode, workload)
+    guest.vm.check_shadow = True  # compares every shadow entry with a guest walk, each exit
+    result = guest.run()
     assert result.ok, result.message
     shadow = result.stats["shadow"]
     assert shadow["hidden faults"] > 0 and shadow["table writes"] > 0
@@ -87,45 +95,39 @@ def test_exit_counts_and_the_event_log_are_deterministic():
     first, second = boot("trap-emulate", "spawn"), boot("trap-emulate", "spawn")
     a, b = first.run(), second.run()
     assert a.stats == b.stats
-    assert list(first.log) == list(second.log)
-    kinds = first.log.kinds()
-    assert kinds["reflect"] > 0 and kinds["shadow"] > 0 and kinds["inject"] > 0
+    assert list(first.events) == list(second.events)
+    actions = first.events.actions()
+    assert actions["reflect"] > 0 and actions["shadow fill"] > 0 and actions["inject"] > 0
 
 
-def test_the_event_log_is_bounded_and_each_event_has_cycle_eip_and_text():
-    vm = boot("trap-emulate", "syscalls")
-    vm.log.events = type(vm.log.events)(maxlen=100)
-    vm.run()
-    assert len(vm.log) == 100 and vm.log.total > 4000
-    cycles = [event.cycle for event in vm.log]
-    assert cycles == sorted(cycles)
-    assert all(event.text and event.eip >= 0 for event in vm.log)
+def test_the_event_log_is_bounded_and_each_event_is_a_structured_record():
+    guest = boot("trap-emulate", "syscalls")
+    guest.events.resize(100)
+    guest.run()
+    assert len(guest.events) == 100 and guest.events.total > 4000
+    events = list(guest.events)
+    assert [e.seq for e in events] == list(range(events[0].seq, events[0].seq + 100))
+    assert [e.cycle for e in events] == sorted(e.cycle for e in events)
+    assert all(e.text and e.eip >= 0 and e.cpl in (0, 3) and e.cost >= 0 for e in events)
+    assert {e.kind for e in events} >= {"INT 0x80", "INT3"}  # system calls and their IRETs
 
 
-def test_the_vcpu_after_boot_is_what_the_cpu_is_natively():
-    """Every instruction the VMM emulated during boot left the guest where bare metal is."""
-    native = ToyOS("compute")
-    init = native.user.symbols["init"]
-    native.machine.add_breakpoint(init)
-    ex = native.machine.run()
-    while ex.reason.name == "IO":  # (console output on the way)
-        ex = native.machine.run()
-    assert ex.reason.name == "BREAKPOINT"
+def test_the_guest_after_boot_believes_what_the_cpu_is_natively():
+    """Every instruction the VMM emulated during boot left the guest where bare metal is:
+    the view of what the guest believes equals the native hardware."""
+    native = boot("native", "compute")
+    init = native.user_symbols["init"]
+    assert native.run_until(address=init).status == "stopped"
+    bare = native.view()
     for mode in VIRTUAL:
-        vm = boot(mode, "compute")
-        vm.machine.add_breakpoint(init)
-        result = vm.run()
-        assert result.status == "breakpoint", result.message
-        real, st = native.machine.state, vm.state
-        assert [int(x) for x in st[0:9]] == [int(x) for x in real[0:9]]  # registers, EIP
-        assert int(st[S.EFLAGS]) & 0xCD5 == int(real[S.EFLAGS]) & 0xCD5  # arithmetic flags
-        assert vm.vcpu.vif == bool(real[S.EFLAGS] & S.FLAG_IF)
-        v = vm.vcpu
-        assert (v.cr0, v.cr3) == (int(real[S.CR0]), int(real[S.CR3]))
-        assert v.gdtr == (int(real[S.GDTR_BASE]), int(real[S.GDTR_LIMIT]))
-        assert v.idtr == (int(real[S.IDTR_BASE]), int(real[S.IDTR_LIMIT]))
-        assert v.tr == int(real[S.TR])
-        assert int(st[S.CS]) == int(real[S.CS]) == 0x1B  # user mode is not deprivileged
+        guest = boot(mode, "compute")
+        assert guest.run_until(address=init).status == "stopped"
+        view = guest.view()
+        assert view.registers == bare.registers  # the registers, EIP and EFLAGS
+        assert view.guest._replace(eflags=0) == bare.hardware._replace(eflags=0)
+        assert view.guest.eflags & 0xCD5 == bare.hardware.eflags & 0xCD5  # arithmetic flags
+        assert view.hardware.cs == bare.hardware.cs == 0x1B  # user mode is not deprivileged
+        assert view.hardware.cr3 != bare.hardware.cr3  # the CPU walks the shadow tables
 
 
 RED_PILL = """
@@ -154,14 +156,15 @@ def _kernel_vm(kind, source: str, host: Host | None = None) -> TrapEmulateVM:
 
 
 def test_red_pill_sidt_shows_the_vmms_idt_not_the_guests():
-    vm, program = _kernel_vm(TrapEmulateVM, RED_PILL)
-    vm.run(10_000)
-    stored = vm.machine.read32(program.symbols["stored"] + 2)
-    assert stored == 0xFFC00800 and vm.vcpu.idtr == (0x20000, 0x7FF)
+    monitor, program = _kernel_vm(TrapEmulateVM, RED_PILL)
+    monitor.run(10_000)
+    stored = monitor.machine.read32(program.symbols["stored"] + 2)
+    assert stored == VMM_LINEAR + IDT_OFFSET == 0xFFC10800
+    assert monitor.vcpu.idtr == (0x20000, 0x7FF)
     # Binary translation rewrites the kernel's SIDT: the guest sees its own IDT.
-    vm, program = _kernel_vm(BinaryTranslationVM, RED_PILL)
-    vm.run(10_000)
-    assert vm.machine.read32(program.symbols["stored"] + 2) == 0x20000
+    monitor, program = _kernel_vm(BinaryTranslationVM, RED_PILL)
+    monitor.run(10_000)
+    assert monitor.machine.read32(program.symbols["stored"] + 2) == 0x20000
 
 
 def paging_on(remap: str) -> str:
@@ -187,11 +190,24 @@ map:
 """
 
 
+# A flat GDT (ring 0 code 0x08, data 0x10) that test kernels load before anything can be
+# delivered to them: the CPU checks the gate's code segment in it, and so does the VMM.
+FLAT_GDT = """
+gdt_pointer:
+    dw 0x17
+    dd gdt
+gdt:
+    dd 0, 0
+    dd 0x0000ffff, 0x00cf9a00
+    dd 0x0000ffff, 0x00cf9200
+"""
+
 ESCAPE = (
     """
     bits 32
     org 0x1000
     mov esp, 0x9000
+    lgdt [gdt_pointer]
     lidt [idt_pointer]
 """
     + paging_on("mov dword [0x11000 + 20*4], TARGET | 7  ; ... but page 20 -> TARGET")
@@ -213,16 +229,17 @@ idt:
     times 28 dd 0                         ; vectors 0..13: no gate
     dw page_fault, 0x08, 0x8e00, 0        ; vector 14: #PF
 """
+    + FLAT_GDT
 )
 
 
 @pytest.mark.parametrize("target", [GUEST_RAM, GUEST_RAM + VMM_AREA, 0x7FFF0000])
 def test_a_guest_cannot_write_outside_its_ram_whatever_its_page_tables_say(target):
     host = Host(2 * (GUEST_RAM + VMM_AREA))
-    vm, _ = _kernel_vm(TrapEmulateVM, ESCAPE.replace("TARGET", hex(target)), host)
+    monitor, _ = _kernel_vm(TrapEmulateVM, ESCAPE.replace("TARGET", hex(target)), host)
     neighbour = host.new_machine(GUEST_RAM + VMM_AREA)
     before = host.memory.copy()
-    result = vm.run(100_000)
+    result = monitor.run(100_000)
     assert result.console == "F" and result.exit_code == 1  # a page fault, in the guest
     assert result.stats["shadow"]["true faults"] == 1
     outside = host.memory.copy()
@@ -242,9 +259,9 @@ def test_four_guests_run_side_by_side_exactly_as_each_runs_alone():
         ("trap-emulate", "pagetable"),
         ("binary-translation", "io"),
     ]
-    vms = [boot(mode, w, host=host, name=f"vm{i}") for i, (mode, w) in enumerate(plan)]
-    assert host.vms == vms
-    results = host.run(slice_instructions=20_000)
+    guests = [vm.boot(w, mode, host=host, name=f"vm{i}") for i, (mode, w) in enumerate(plan)]
+    assert host.guests == guests
+    results = host.run(slice_budget=20_000)
     for (mode, workload), result in zip(plan, results, strict=True):
         alone = boot(mode, workload).run()
         assert result.ok and result.console == alone.console
@@ -253,10 +270,12 @@ def test_four_guests_run_side_by_side_exactly_as_each_runs_alone():
 
 def test_bad_mode_and_workload_are_clear_errors():
     with pytest.raises(ValueError, match="no mode 'vt'"):
-        boot("vt", "compute")
+        vm.boot("compute", "vt")
     with pytest.raises(ValueError, match="no workload 'x'"):
-        boot("trap-emulate", "x")
-    assert MODES == ("native", "trap-emulate", "binary-translation")
+        vm.boot("x", "trap-emulate")
+    with pytest.raises(ValueError, match="takes no option 'patch'"):
+        vm.boot("compute", "binary-translation", patch=False)
+    assert MODES == vm.MODES == ("native", "trap-emulate", "binary-translation")
 
 
 def test_cli_compare_json_is_one_object_keyed_by_mode():
@@ -286,88 +305,59 @@ def test_cli_log_shows_the_vmms_last_events():
     out = vm_command("run", "--workload", "io", "--mode", "trap-emulate", "--log", "3", "--json")
     assert out.returncode == 0, out.stderr
     log = json.loads(out.stdout)["log"]
-    assert len(log) == 3 and {"cycle", "eip", "kind", "text"} == set(log[0])
-    out = vm_command("run", "--workload", "io", "--log", "3")
-    assert out.returncode == 2 and "error: --log" in out.stderr
-
-
-def _guest_view(vm) -> tuple:
-    """The vCPU as the guest sees it, under a VMM."""
-    st, v = vm.state, vm.vcpu
-    return (
-        [int(x) for x in st[0:9]],
-        vm.virtual_eflags() & 0xFFF,
-        (v.cr0, v.cr2, v.cr3),
-        (v.gdtr, v.idtr, v.tr),
-        (vm.guest_selector(int(st[S.CS])), vm.guest_selector(int(st[S.SS]))),
-    )
-
-
-def _native_view(st) -> tuple:
-    """The same, on bare metal."""
-    return (
-        [int(x) for x in st[0:9]],
-        int(st[S.EFLAGS]) & 0xFFF,
-        (int(st[S.CR0]), int(st[S.CR2]), int(st[S.CR3])),
-        (
-            (int(st[S.GDTR_BASE]), int(st[S.GDTR_LIMIT])),
-            (int(st[S.IDTR_BASE]), int(st[S.IDTR_LIMIT])),
-            int(st[S.TR]),
-        ),
-        (int(st[S.CS]), int(st[S.SS])),
-    )
+    fields = {"seq", "instruction", "cycle", "kind", "eip", "cpl", "action", "cost", "text"}
+    assert len(log) == 3 and set(log[0]) == fields
+    out = vm_command("run", "--workload", "io", "--log", "-1")
+    assert out.returncode == 2 and "--log: must be from 0" in out.stderr
 
 
 @pytest.mark.parametrize("mode", VIRTUAL)
-def test_each_emulated_instruction_leaves_the_vcpu_as_the_native_run_leaves_the_cpu(mode):
+def test_each_emulated_instruction_leaves_the_guest_as_the_native_run_leaves_the_cpu(mode):
     # Under the VMM: the guest's view after every instruction the VMM emulated, until
     # init's first instruction (the first tick comes later, so both runs agree so far).
-    vm = boot(mode, "syscalls")
-    init = ToyOS("syscalls").user.symbols["init"]
-    vm.machine.add_breakpoint(init)
+    guest = boot(mode, "syscalls")
+    emulator = guest.vm.emulator
     emulated, seen = {}, {}
-    emulate = vm.emulate
+    emulate = emulator.emulate
 
     def recording(ins, eip):
-        done = emulate(ins, eip)
-        if done:
-            k = seen[eip] = seen.get(eip, 0) + 1
-            emulated[eip, k] = (ins.mnemonic, _guest_view(vm))
-        return done
+        emulate(ins, eip)
+        k = seen[eip] = seen.get(eip, 0) + 1
+        view = guest.view()
+        emulated[eip, k] = (ins.name, view.registers, view.guest)
 
-    vm.emulate = recording
-    assert vm.run().status == "breakpoint"
-    # Bare metal: single-step the same boot, noting the CPU after the same instructions.
-    native = ToyOS("syscalls")
-    m = native.machine
+    emulator.emulate = recording
+    assert guest.run_until(address=guest.user_symbols["init"]).status == "stopped"
+    # Bare metal: step the same boot, noting the CPU after the same instructions.
+    native = boot("native", "syscalls")
     counts, steps, compared = {}, 0, 0
-    while m.cpl != 3 and steps < 100_000:
-        eip = m.eip
-        ex = m.step()
-        if ex.reason.name == "IO" and ex.is_in:
-            m.complete_in(0)
+    while native.view().hardware.cpl != 3 and steps < 100_000:
+        eip = native.view().eip
+        native.step()
         steps += 1
         k = counts[eip] = counts.get(eip, 0) + 1
         if (eip, k) in emulated:
-            mnemonic, view = emulated[eip, k]
-            assert view == _native_view(m.state), f"{mnemonic} at {eip:#x}"
+            name, registers, believed = emulated[eip, k]
+            view = native.view()
+            assert registers == view.registers, f"{name} at {eip:#x}"
+            assert believed == view.hardware, f"{name} at {eip:#x}"
             compared += 1
-    kinds = {mnemonic for mnemonic, _ in emulated.values()}
-    assert {"lgdt", "lidt", "ltr", "mov_to_cr", "out", "cli", "sti", "popf"} <= kinds
+    names = {name for name, _, _ in emulated.values()}
+    assert {"lgdt", "lidt", "ltr", "mov_to_cr", "out", "cli", "sti", "popf"} <= names
     assert compared == len(emulated) >= 30  # every one was compared
 
 
 @pytest.mark.parametrize("mode", VIRTUAL)
 def test_a_snapshot_taken_mid_run_replays_the_rest_identically(mode):
-    vm = boot(mode, "spawn")
-    vm.run(100_000)
-    snap = vm.snapshot()
-    first = vm.run()
-    log = list(vm.log)
-    vm.restore(snap)
-    second = vm.run()
+    guest = boot(mode, "spawn")
+    guest.run(100_000)
+    snap = guest.snapshot()
+    first = guest.run()
+    log = list(guest.events)
+    guest.restore(snap)
+    second = guest.run()
     assert first.ok and (first.console, first.stats) == (second.console, second.stats)
-    assert list(vm.log) == log
+    assert list(guest.events) == log
 
 
 PORTS = """
@@ -394,13 +384,14 @@ PORTS = """
 def test_port_io_reaches_only_the_guests_own_devices():
     host = Host(3 * (GUEST_RAM + VMM_AREA))
     noisy, _ = _kernel_vm(TrapEmulateVM, PORTS, host)
-    quiet = boot("trap-emulate", "syscalls", host=host)
-    results = run_side_by_side([noisy, quiet], slice_instructions=5)
-    assert results[0].ok and bytes(noisy.console.data) == b"A\xff\xff"  # (IN 0x60 gave 0xff)
-    assert noisy.pic.imr == 0xFF and noisy.pit.divisor == 0xFFFF
+    quiet = vm.boot("syscalls", "trap-emulate", host=host)
+    results = run_side_by_side([Guest(noisy, "ports", {}, {}), quiet], slice_budget=5)
+    board = noisy.board
+    assert results[0].ok and bytes(board.console.data) == b"A\xff\xff"  # (IN 0x60 gave 0xff)
+    assert board.imr == 0xFF and board.timer_divisor == 0xFFFF
     alone = boot("trap-emulate", "syscalls").run()
     assert (results[1].console, results[1].stats) == (alone.console, alone.stats)
-    assert quiet.pic.imr == 0xFE  # toyos's own mask, untouched
+    assert quiet.vm.board.imr == 0xFE  # toyos's own mask, untouched
 
 
 STORM = """
@@ -420,10 +411,10 @@ spin:
 
 
 def test_a_timer_faster_than_the_vmm_livelocks_the_guest_but_never_the_host():
-    vm, _ = _kernel_vm(TrapEmulateVM, STORM)
-    result = vm.run(10_000)
+    monitor, _ = _kernel_vm(TrapEmulateVM, STORM)
+    result = monitor.run(10_000)
     assert result.status == "budget"
-    assert result.stats["exits_by_reason"]["INTERRUPT"] > 1000
+    assert result.stats["exits_by_reason"]["IRQ 0"] > 1000
     assert result.stats["lost_ticks"] > 1000  # (the guest's IF is off: each tick merges)
 
 
@@ -443,11 +434,11 @@ FIRST_TOUCH_IS_A_WRITE = (
 
 
 def test_a_page_table_written_through_an_address_never_touched_before():
-    vm, _ = _kernel_vm(TrapEmulateVM, FIRST_TOUCH_IS_A_WRITE)
-    vm.machine.write32(0x2000, 0x22)
-    vm.machine.write32(0x3000, 0x33)
-    vm.check_shadow = True
-    result = vm.run(10_000)
+    monitor, _ = _kernel_vm(TrapEmulateVM, FIRST_TOUCH_IS_A_WRITE)
+    monitor.machine.write32(0x2000, 0x22)
+    monitor.machine.write32(0x3000, 0x33)
+    monitor.check_shadow = True
+    result = monitor.run(10_000)
     assert result.exit_code == 0x33  # page 3's value: the guest's new mapping took effect
     assert result.stats["shadow"]["table writes"] == 1
 
@@ -478,10 +469,12 @@ def _fuzz(cases: int, seed: int) -> None:
         machine.eip = 0x1000
         for r in range(8):
             machine.state[r] = rng.choice([0, 0x1000, 0x10000, 0xFFFFFFFF, rng.getrandbits(32)])
-        vm = kind(machine, GUEST_RAM, kernel_text=(0x1000, 0x1000 + len(code)))
-        result = vm.run(2_000)  # no Python exception, no hang: a status
+        monitor = kind(machine, GUEST_RAM, kernel_text=(0x1000, 0x1000 + len(code)))
+        result = monitor.run(2_000)  # no Python exception, no hang: a status
         statuses.add(result.status)
-        assert result.status in {"shutdown", "panic", "budget", "hang", "fault", "halt"}
+        assert result.status in {"shutdown", "panic", "budget", "hang", "fault", "halt"}, (
+            result.message
+        )
     assert len(statuses) >= 3
 
 
@@ -495,12 +488,13 @@ def test_random_kernels_never_crash_or_hang_the_vmm_long():
 
 
 def test_a_vmm_short_of_shadow_memory_starts_over_and_the_guest_never_notices():
-    vm = boot("trap-emulate", "spawn")
-    vm.shadow.pool_frames = 4  # a directory and three tables: one address space at a time
-    vm.shadow.reset()
-    vm.shadow.switch(-1)
-    vm.check_shadow = True
-    result = vm.run()
+    guest = boot("trap-emulate", "spawn")
+    shadow = guest.vm.shadow
+    shadow.pool_frames = 4  # a directory and three tables: one address space at a time
+    shadow.reset()
+    shadow.switch(-1)
+    guest.vm.check_shadow = True
+    result = guest.run()
     assert result.ok and result.console == boot("native", "spawn").run().console
     assert result.stats["shadow"]["resets"] > 10
 
@@ -508,11 +502,11 @@ def test_a_vmm_short_of_shadow_memory_starts_over_and_the_guest_never_notices():
 def test_a_user_int3_that_the_gate_forbids_becomes_a_gp_at_the_int3():
     # init's first instruction becomes INT3 (CC). toyos's gate 3 has DPL 0, so user mode
     # gets #GP(3*8+2) with EIP at the INT3, which kills init, exactly as on bare metal.
-    init = ToyOS("compute").user.symbols["init"]
     runs = {}
     for mode in MODES:
-        vm = boot(mode, "compute")
-        vm.machine.write(init - 0x400000 + 0x80000, b"\xcc")  # (the user image's frame)
-        runs[mode] = vm.run().console
+        guest = boot(mode, "compute")
+        init = guest.user_symbols["init"]
+        guest.vm.machine.write(init - 0x400000 + 0x80000, b"\xcc")  # (the user image's frame)
+        runs[mode] = guest.run().console
     assert f"toyos: process 1 killed by exception 13 at eip {init:08x}" in runs["native"]
     assert runs["trap-emulate"] == runs["binary-translation"] == runs["native"]

@@ -20,7 +20,7 @@ from oracle import FAMILIES, generate
 from oracle.runner import MachineSide, assemble
 from oracle.trace import trace
 
-from vm.hypervisor.modes import boot
+import vm
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -114,12 +114,12 @@ def test_trace_ends_with_the_exit_and_memory():
 
 VMM_RUN = """
 import json
-from vm.hypervisor.modes import boot
+import vm
 out = {}
 for mode in ("trap-emulate", "binary-translation"):
-    vm = boot(mode, "io")
-    result = vm.run()
-    out[mode] = [result.console, result.stats, [list(event) for event in vm.log]]
+    guest = vm.boot("io", mode)
+    result = guest.run()
+    out[mode] = [result.console, result.stats, [list(event) for event in guest.events]]
 print(json.dumps(out))
 """
 
@@ -129,8 +129,8 @@ def test_the_vmms_give_the_same_exits_and_event_log_jitted_or_not():
     assert out.returncode == 0, out.stderr
     nojit = json.loads(out.stdout)
     for mode, (console, stats, log) in nojit.items():
-        vm = boot(mode, "io")
-        result = vm.run()
+        guest = vm.boot("io", mode)
+        result = guest.run()
         assert console == result.console and "io: line 40" in console
         assert stats == json.loads(json.dumps(result.stats))
-        assert log == [list(event) for event in vm.log]
+        assert log == json.loads(json.dumps([list(event) for event in guest.events]))

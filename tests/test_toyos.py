@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vm.cpu.exits import ExitReason
-from vm.guest.toyos import WORKLOADS, ToyOS
+import vm
+from vm.guest.toyos import WORKLOADS
 
 EXPECTED = {
     "compute": "compute: checksum c71365d3",
@@ -20,7 +20,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("workload", sorted(EXPECTED))
 def test_each_workload_prints_its_result_and_shuts_down(workload):
-    result = ToyOS(workload).run()
+    result = vm.boot(workload).run()
     assert result.ok, result.console
     lines = result.console.splitlines()
     assert lines[0] == "toyos: booting"
@@ -32,15 +32,15 @@ def test_each_workload_prints_its_result_and_shuts_down(workload):
 def test_the_timer_preempts_a_long_computation_and_wakes_sleepers():
     # A tick every 1,000,000 cycles (toyos.CYCLES_PER_PIT_COUNT): the 38 M cycles of
     # compute see dozens; the sleeper's sleep(3) needs three, taken in the idle loop's HLT.
-    compute = ToyOS("compute").run()
+    compute = vm.boot("compute").run()
     assert compute.stats["interrupts"] >= 30
     assert compute.stats["cycles"] // 1_000_000 - compute.stats["interrupts"] in range(3)
-    sleeper = ToyOS("sleeper").run()
+    sleeper = vm.boot("sleeper").run()
     assert sleeper.ok and sleeper.stats["interrupts"] >= 3
 
 
 def test_a_faulting_process_does_not_take_the_others_down():
-    result = ToyOS("all").run()
+    result = vm.boot("all").run()
     assert result.ok
     for line in EXPECTED.values():
         if not line.startswith("toyos: process"):
@@ -52,47 +52,40 @@ def test_a_faulting_process_does_not_take_the_others_down():
 
 def test_two_runs_give_the_same_console_stats_and_trace():
     def trace(n: int) -> list[int]:
-        t = ToyOS("spawn")
+        guest = vm.boot("spawn")
         addresses = []
         for _ in range(n):
-            ex = t.machine.step()
-            if ex.reason == ExitReason.IO and ex.is_in:
-                t.machine.complete_in(0)
-            addresses.append(t.machine.eip)
+            guest.step()
+            addresses.append(guest.view().eip)
         return addresses
 
     assert trace(3000) == trace(3000)
-    first, second = ToyOS("all").run(), ToyOS("all").run()
+    first, second = vm.boot("all").run(), vm.boot("all").run()
     assert (first.console, first.stats) == (second.console, second.stats)
 
 
 def test_boot_reaches_the_first_user_process_in_under_200000_instructions():
-    t = ToyOS("compute")
-    m = t.machine
-    m.add_breakpoint(t.user.symbols["init"])
-    for _ in range(10_000):
-        ex = m.run(budget=1_000_000)
-        if ex.reason != ExitReason.IO:
-            break
-    assert ex.reason == ExitReason.BREAKPOINT and m.cpl == 3
-    assert m.instructions < 200_000
+    guest = vm.boot("compute")
+    result = guest.run_until(address=guest.user_symbols["init"])
+    assert result.status == "stopped" and guest.view().hardware.cpl == 3
+    assert guest.instructions < 200_000
 
 
 def test_a_kernel_fault_panics_with_the_registers():
-    t = ToyOS("syscalls")
-    t.machine.load(t.kernel.symbols["sys_getpid"], b"\x0f\x0b")  # ud2 in the kernel
-    result = t.run()
+    guest = vm.boot("syscalls")
+    guest.vm.machine.load(guest.kernel_symbols["sys_getpid"], b"\x0f\x0b")  # ud2 in the kernel
+    result = guest.run()
     assert result.status == "panic" and result.exit_code == 2
     assert "PANIC: kernel exception 6" in result.console
     assert "eax ebx ecx edx:" in result.console
 
 
 def test_a_budget_overrun_is_reported():
-    result = ToyOS("compute").run(budget=10_000)
+    result = vm.boot("compute").run(budget=10_000)
     assert result.status == "budget" and not result.ok
 
 
 def test_unknown_workload_is_a_clear_error():
     with pytest.raises(ValueError, match="no workload 'nope'"):
-        ToyOS("nope")
+        vm.boot("nope")
     assert "compute" in WORKLOADS

@@ -206,76 +206,60 @@ def process_seconds(env: dict[str, str], repeats: int) -> float:
 
 def toyos_figures(repeats: int) -> tuple[int, float]:
     """Instructions until toyos's first user process runs; its compute workload's MIPS."""
-    from vm.guest.toyos import ToyOS
+    import vm
 
-    toyos = ToyOS("compute")
-    m = toyos.machine
-    m.add_breakpoint(toyos.user.symbols["init"])
-    while (ex := m.run(budget=10**6)).reason == ExitReason.IO:
-        pass
-    boot = m.instructions if ex.reason == ExitReason.BREAKPOINT else -1
+    guest = vm.boot("compute")
+    result = guest.run_until(address=guest.user_symbols["init"])
+    boot = guest.instructions if result.status == "stopped" else -1
     rates = []
     for _ in range(repeats):
-        toyos = ToyOS("compute")
+        guest = vm.boot("compute")
         start = time.perf_counter()
-        result = toyos.run()
+        result = guest.run()
         rates.append(result.stats["instructions"] / (time.perf_counter() - start) / 1e6)
     return boot, statistics.median(rates)
 
 
 def trap_exit_us(repeats: int) -> tuple[float, float]:
     """Wall time of a trap-and-emulate exit on toyos's syscalls workload (4,244 exits in
-    80,000 instructions): the median time its Python handler takes, and the median time
-    from one return of the core to the next (the handler, re-entering the core, and the
-    few guest instructions until the next exit). Medians over ``repeats`` runs."""
-    import vm.hypervisor.vmm as vmm
-    from vm.hypervisor.modes import boot
+    80,000 instructions): the median time from the core's return with an exit to the
+    next entry into the core (the whole of handling it: the exit table, the handler, the
+    books, the event, VM entry), and the median time from one return of the core to the
+    next (that, plus the core and the guest's few instructions until the next exit).
+    Medians over ``repeats`` runs. It times the core through the VM's ``enter`` hook."""
+    import vm
 
-    boot("trap-emulate", "syscalls").run()  # (warm: the decoder cache, the code paths)
-    core = vmm.core_run
-    returns: list[int] = []
+    vm.boot("syscalls", "trap-emulate").run()  # (warm: the decoder cache, the code paths)
     clock = time.perf_counter_ns
-
-    def timed_core(state, memory, budget):
-        reason = core(state, memory, budget)
-        returns.append(clock())
-        return reason
-
     handled, trips = [], []
-    vmm.core_run = timed_core
-    try:
-        for _ in range(repeats):
-            vm = boot("trap-emulate", "syscalls")
-            times: list[int] = []
-            vm._handlers = [h and _timed(h, times) for h in vm._handlers]
-            returns.clear()
-            vm.run()
-            handled.append(statistics.median(times) / 1000)
-            gaps = [b - a for a, b in itertools.pairwise(returns)]
-            trips.append(statistics.median(gaps) / 1000)
-    finally:
-        vmm.core_run = core
+    for _ in range(repeats):
+        guest = vm.boot("syscalls", "trap-emulate")
+        monitor = guest.vm
+        core = monitor.enter
+        marks: list[tuple[int, int, int]] = []  # (entered, returned, reason)
+
+        def timed(state, memory, budget, core=core, marks=marks):
+            entered = clock()
+            reason = core(state, memory, budget)
+            marks.append((entered, clock(), reason))
+            return reason
+
+        monitor.enter = timed
+        guest.run()
+        pairs = list(itertools.pairwise(marks))
+        handled.append(statistics.median(b[0] - a[1] for a, b in pairs) / 1000)
+        trips.append(statistics.median(b[1] - a[1] for a, b in pairs) / 1000)
     return statistics.median(handled), statistics.median(trips)
-
-
-def _timed(handler, times: list[int]):
-    clock = time.perf_counter_ns
-
-    def timed() -> None:
-        start = clock()
-        handler()
-        times.append(clock() - start)
-
-    return timed
 
 
 def mode_table(workloads: tuple[str, ...] = VIRTUALIZED) -> dict[str, dict[str, int]]:
     """Simulated cycles of each workload in each mode (deterministic: the same every run)."""
-    from vm.hypervisor.modes import MODES, boot
+    import vm
+    from vm.hypervisor.modes import MODES
 
     table = {}
     for workload in workloads:
-        table[workload] = {mode: boot(mode, workload).run().stats["cycles"] for mode in MODES}
+        table[workload] = {mode: vm.boot(workload, mode).run().stats["cycles"] for mode in MODES}
     return table
 
 

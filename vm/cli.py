@@ -1,8 +1,9 @@
-"""`python -m vm`: run toyos, benchmark the core, or take a short tour.
+"""`python -m vm`: run toyos in any mode, benchmark the core, or take a short tour.
 
-python -m vm run [--workload NAME] [--mode MODE] [--no-patch] [--compare] [--trace N] [--json]
-                 [--log N] [--budget N] [--cost PRESET]
+python -m vm run [--workload NAME] [--mode MODE] [--no-patch] [--compare] [--trace N]
+                 [--json] [--log N] [--budget N] [--cost PRESET]
 python -m vm bench [--json] [--quick]
+python -m vm golden [--check]
 python -m vm demo
 """
 
@@ -10,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from vm.asm import AsmError
-from vm.hypervisor.modes import MODES
+from vm.hypervisor.modes import MODE_TABLE, MODES
+
+MAX_BUDGET = (1 << 63) - 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     from vm.guest.toyos import WORKLOADS
 
     run.add_argument("--workload", default="all", choices=WORKLOADS)
-    run.add_argument("--mode", default="native", choices=MODES)
+    run.add_argument(
+        "--mode",
+        default="native",
+        choices=MODES,
+        help="; ".join(f"{m.name}: {m.summary}" for m in MODE_TABLE.values()),
+    )
     run.add_argument(
         "--compare", action="store_true", help="run the workload in every mode, side by side"
     )
@@ -34,9 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="trap-emulate without patching POPF/PUSHF/IRET: shows x86's hole",
     )
-    run.add_argument("--trace", type=int, default=0, metavar="N", help="show the first N steps")
+    run.add_argument("--trace", type=_count, default=0, metavar="N", help="show the first N steps")
     run.add_argument("--json", action="store_true", help="print one JSON object")
-    run.add_argument("--log", type=int, default=0, metavar="N", help="show the VMM's last N events")
+    run.add_argument(
+        "--log", type=_count, default=0, metavar="N", help="show the last N events of the run"
+    )
     run.add_argument("--budget", type=_positive, default=500_000_000)
     from vm.cpu.cost import PRESETS
 
@@ -45,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     bench = commands.add_parser("bench", help="measure guest MIPS, exits and start-up")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--quick", action="store_true", help="small sizes (for tests)")
+
+    golden = commands.add_parser(
+        "golden", help="regenerate tests/golden.json (cycles, exits, consoles per mode)"
+    )
+    golden.add_argument(
+        "--check", action="store_true", help="compare with the file instead of writing it"
+    )
 
     commands.add_parser("demo", help="a short tour in the terminal")
     args = parser.parse_args(argv)
@@ -55,12 +73,19 @@ def main(argv: list[str] | None = None) -> int:
             from vm.bench import bench_command
 
             return bench_command(args.json, args.quick)
+        if args.command == "golden":
+            from vm.golden import golden_command
+
+            return golden_command(args.check)
         from vm.demo import demo
 
         return demo()
     except (AsmError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # (the reader went away: `python -m vm run | head`)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (Python flushes it at exit)
+        return 1
 
 
 def _positive(text: str) -> int:
@@ -68,29 +93,40 @@ def _positive(text: str) -> int:
         value = int(text, 0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
+    if not 1 <= value <= MAX_BUDGET:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 2**63 - 1, not {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 10_000_000:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 10,000,000, not {value}")
     return value
 
 
 def run_command(args: argparse.Namespace) -> int:
     """Boot toyos in a mode (or every mode), print its console and statistics."""
+    import vm
     from vm.cpu.cost import preset
-    from vm.hypervisor.modes import boot
 
     cost = preset(args.cost)
-    if args.trace and (args.mode != "native" or args.compare):
-        raise ValueError("--trace single-steps bare metal: use it with --mode native")
-    if args.no_patch and (args.mode != "trap-emulate" or args.compare):
+    if args.compare and (args.trace or args.no_patch or args.log):
+        raise ValueError("--compare runs every mode: --trace, --no-patch and --log take one --mode")
+    if args.no_patch and args.mode != "trap-emulate":
         raise ValueError("--no-patch is for --mode trap-emulate")
-    if args.log < 0 or (args.log and args.mode == "native"):
-        raise ValueError("--log N shows a VMM's events: use it with a virtualized --mode")
     if args.compare:
         return compare_command(args, cost)
-    vm = boot(args.mode, args.workload, cost, patch=not args.no_patch)
-    if args.trace:
-        trace(vm.toyos, args.trace)
-    result = vm.run(budget=args.budget)
+    options = {"patch": False} if args.no_patch else {}
+    guest = vm.boot(args.workload, args.mode, cost=cost, **options)
+    steps = trace(guest, args.trace) if args.trace else []
+    if not args.json:
+        for line in steps:
+            print(line)
+    result = guest.run(budget=args.budget)
     if args.json:
         out = {
             "mode": args.mode,
@@ -101,15 +137,17 @@ def run_command(args: argparse.Namespace) -> int:
             "console": result.console,
             "stats": result.stats,
         }
+        if args.trace:
+            out["trace"] = steps
         if args.log:
-            out["log"] = [event._asdict() for event in list(vm.log)[-args.log :]]
+            out["log"] = [event._asdict() for event in list(guest.events)[-args.log :]]
         print(json.dumps(out))
     else:
         print(result.console, end="" if result.console.endswith("\n") else "\n")
         print(stats_table(result.stats))
         if args.log:
-            print(f"\nthe VMM's last {args.log} events (cycle, guest EIP, kind, what):")
-            print(vm.log.tail(args.log))
+            print(f"\nthe last {args.log} events (seq, cycle, EIP, ring, kind, action, cost):")
+            print(guest.events.tail(args.log))
     if result.ok:
         return 0
     messages = {
@@ -122,9 +160,9 @@ def run_command(args: argparse.Namespace) -> int:
 
 def compare_command(args: argparse.Namespace, cost) -> int:
     """One workload in every mode: a table side by side, or one JSON object keyed by mode."""
-    from vm.hypervisor.modes import boot
+    import vm
 
-    results = {mode: boot(mode, args.workload, cost).run(budget=args.budget) for mode in MODES}
+    results = {mode: vm.boot(args.workload, mode, cost=cost).run(args.budget) for mode in MODES}
     if args.json:
         out = {
             mode: {
@@ -144,7 +182,7 @@ def compare_command(args: argparse.Namespace, cost) -> int:
 
 
 def compare_table(workload: str, results: dict) -> str:
-    """The modes side by side: cycles against native, exits by reason, the console."""
+    """The modes side by side: cycles against native, exits by kind, the console."""
     native = results["native"]
     reasons = sorted({k for r in results.values() for k in r.stats["exits_by_reason"]})
     rows = [("workload " + workload, list(results))]
@@ -174,25 +212,30 @@ def compare_table(workload: str, results: dict) -> str:
     return "\n".join(lines) + "\n\n" + native.console.rstrip("\n")
 
 
-def trace(toyos, steps: int) -> None:
-    """Single-step the first instructions, printing each with its disassembly."""
-    from vm.asm import disassemble_one
-    from vm.cpu.exits import ExitReason
-
-    m = toyos.machine
-    for _ in range(steps):
-        eip = m.eip
-        text = "(outside memory)"
-        if eip + 1 <= m.memory_size:
-            text = disassemble_one(m.read(eip, min(15, m.memory_size - eip)), eip)
-        print(f"{eip:08x}  ring {m.cpl}  {text}")
-        ex = m.step()
-        if ex.reason == ExitReason.IO and not ex.is_in and ex.port in (0xE9, 0x3F8):
-            toyos.console.write(ex.value)
-        elif ex.reason == ExitReason.IO and ex.is_in:
-            m.complete_in(0xFF)
-        elif ex.reason not in (ExitReason.BUDGET, ExitReason.IO):
-            break
+def trace(guest, steps: int) -> list[str]:
+    """Step the guest, one line per step: EIP, the ring the guest believes it is in (and the
+    hardware's where that differs), the instruction, and what the VMM did on the way."""
+    lines: list[str] = []
+    seen: list = []
+    stop_watching = guest.on_event(seen.append)
+    try:
+        for _ in range(steps):
+            view = guest.view()
+            found = view.disassemble(before=0, after=0)
+            text = found[0].text if found else "(outside memory)"
+            ring = f"ring {view.guest.cpl}"
+            if view.hardware.cpl != view.guest.cpl:
+                ring += f" (hardware ring {view.hardware.cpl})"
+            lines.append(f"{view.eip:08x}  {ring}  {text}")
+            seen.clear()
+            result = guest.step()
+            lines += [f"          -> {e.kind} {e.action}: {e.text}" for e in seen]
+            if result.status not in ("stopped", "budget", "breakpoint"):
+                lines.append(f"          the guest stopped: {result.status}")
+                break
+    finally:
+        stop_watching()
+    return lines
 
 
 def _counts(counts: dict) -> str:
@@ -204,11 +247,11 @@ def stats_table(stats: dict) -> str:
     rows = [
         ("instructions", f"{stats['instructions']:,}"),
         ("cycles", f"{stats['cycles']:,}"),
+        ("system calls", f"{stats['syscalls']:,}"),
     ]
     if stats.get("mode", "native") == "native":
         rows += [
             ("interrupts", f"{stats['interrupts']:,}"),
-            ("system calls", f"{stats['syscalls']:,}"),
             ("page walks", f"{stats['page_walks']:,}"),
             ("TLB flushes", f"{stats['tlb_flushes']:,}"),
             ("faults", _counts(stats["faults"])),
@@ -223,7 +266,7 @@ def stats_table(stats: dict) -> str:
             ("callouts", f"{stats['callouts']:,}"),
             ("lost ticks", f"{stats['lost_ticks']:,}"),
             ("shadow paging", _counts(stats["shadow"])),
-            ("patched sites", f"{stats['patched_sites']:,}"),
+            ("patched sites", f"{stats.get('patched_sites', 0):,}"),
         ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

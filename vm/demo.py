@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import vm
 from vm.asm import disassemble_one
-from vm.guest.toyos import ToyOS
 from vm.machine import Machine
 
 PROGRAM = """
@@ -37,19 +37,24 @@ def demo() -> int:
         print(f"  {text:<20} -> eax={m.regs.eax:<3} ecx={m.regs.ecx}")
 
     print("\n== 3. boot toyos and run every workload")
-    result = ToyOS("all").run()
+    result = vm.boot("all").run()
     print(result.console)
-    print(f"status: {result.status}; stats: {result.stats}")
+    print(f"status: {result.status}; {result.stats['instructions']:,} instructions")
 
-    print("\n== 4. the same guest, unmodified, under trap-and-emulate and binary translation")
+    print("\n== 4. the same guest, unmodified, in every mode")
     from vm.cli import compare_table
-    from vm.hypervisor.modes import MODES, boot
 
-    results = {mode: boot(mode, "syscalls").run() for mode in MODES}
+    results = {mode: vm.boot("syscalls", mode).run() for mode in vm.MODES}
     print(compare_table("syscalls", results))
 
-    print("\n== 5. and without patching POPF: x86's hole")
-    hung = boot("trap-emulate", "sleeper", patch=False).run()
+    print("\n== 5. what the VMM did: trap-and-emulate's exit table, and its first events")
+    guest = vm.boot("syscalls", "trap-emulate")
+    print(guest.exit_table())
+    guest.run_until("INT 0x80")
+    print(guest.events.tail(6))
+
+    print("\n== 6. and without patching POPF: x86's hole")
+    hung = vm.boot("sleeper", "trap-emulate", patch=False).run()
     print(f"status: {hung.status}\n{hung.message}")
     print("\nnext: python -m vm run --compare --workload spawn   |   python -m vm bench")
     return 0

@@ -76,8 +76,9 @@ def irq_waiting(state):
 
 
 @jit(i64(State))
-def acknowledge_irq(state):
-    """The vector of the IRQ to deliver now (marked in service), or -1."""
+def deliverable_irq(state):
+    """The IRQ the controller would deliver now, or -1 (none requested and unmasked, or
+    one of equal or higher priority is in service). Changes nothing."""
     ready = state[PIC_IRR] & ~state[PIC_IMR] & 0xFF
     if ready == 0:
         return -1
@@ -85,6 +86,15 @@ def acknowledge_irq(state):
     while not (ready >> irq) & 1:
         irq += 1
     if state[PIC_ISR] & ((1 << (irq + 1)) - 1):  # one of equal or higher priority is in service
+        return -1
+    return irq
+
+
+@jit(i64(State))
+def acknowledge_irq(state):
+    """The vector of the IRQ to deliver now (marked in service), or -1."""
+    irq = deliverable_irq(state)
+    if irq < 0:
         return -1
     state[PIC_IRR] &= ~(1 << irq)
     state[PIC_ISR] |= 1 << irq

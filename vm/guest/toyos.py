@@ -1,24 +1,19 @@
-"""Build toyos with vm.asm and boot it on a bare-metal Machine.
+"""Build toyos with vm.asm and load it into a machine (``vm.boot`` runs it, in any mode).
 
->>> from vm.guest.toyos import ToyOS
->>> result = ToyOS("compute").run()
->>> result.status, result.console.splitlines()[1]
-('shutdown', 'compute: checksum c71365d3')
+>>> from vm.guest.toyos import build
+>>> kernel, user = build()
+>>> kernel.origin, "sys_getpid" in kernel.symbols, "init" in user.symbols
+(4096, True, True)
 """
 
 from __future__ import annotations
 
 import functools
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from vm.asm import Program, assemble_file
-from vm.cpu import state as S
-from vm.cpu.cost import DEFAULT, CostModel
-from vm.cpu.exits import ExitReason
-from vm.devices.console import Console
-from vm.machine import Exit, Machine
+from vm.machine import Machine
 
 GUEST_DIR = Path(__file__).resolve().parent
 KERNEL_SOURCE = GUEST_DIR / "toyos.asm"
@@ -80,82 +75,10 @@ def install(
     boot = struct.pack("<IIII", PROGRAMS[workload], len(user.code), ram_size, timer_divisor)
     machine.load(BOOT_ARGS, boot)
     machine.eip = KERNEL_ADDRESS
-    machine.state[S.TIMER_SCALE] = CYCLES_PER_PIT_COUNT
+    machine.cpu.timer_scale = CYCLES_PER_PIT_COUNT
     return kernel, user
 
 
 def kernel_text(kernel: Program) -> tuple[int, int]:
     """Where the kernel's code is: [start, text_end), as an ELF's .text would say."""
     return kernel.origin, kernel.symbols["text_end"]
-
-
-@dataclass
-class RunResult:
-    """What a toyos run did: how it ended, what it printed, and what it cost."""
-
-    status: str  # "shutdown", "panic", "budget", "fault" or "halt"
-    console: str
-    exit: Exit
-    exit_code: int = -1
-    stats: dict[str, object] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "shutdown" and self.exit_code == 0
-
-
-class ToyOS:
-    """toyos on a bare-metal Machine: ring 0 kernel, devices in the core and in Python."""
-
-    def __init__(
-        self,
-        workload: str = "all",
-        memory_size: int = 4 << 20,
-        timer_divisor: int = 20000,
-        cost: CostModel = DEFAULT,
-        defines: tuple[str, ...] = (),
-        machine: Machine | None = None,
-    ) -> None:
-        """``machine``: run on this one (e.g. a window of a Host) instead of a new one."""
-        if machine is None:
-            machine = Machine(memory_size=memory_size, cost=cost)
-        self.machine = m = machine
-        self.kernel, self.user = install(m, workload, m.memory_size, timer_divisor, defines)
-        self.workload = workload
-        m.state[S.EXC_EXIT_BITMAP] = 0  # bare metal: the guest's IDT takes every exception
-        m.state[S.EXIT_CONTROLS] = 0  # the PIC and PIT answer in the core
-        self.cost = cost
-        self.console = Console()
-
-    def run(self, budget: int = 500_000_000) -> RunResult:
-        """Run until the kernel shuts down, panics, or budget instructions have run."""
-        m = self.machine
-        start = m.instructions
-        ex = m.last_exit()
-        while True:
-            left = budget - (m.instructions - start)
-            if left <= 0:
-                return self._result("budget", ex)
-            ex = m.run(budget=left)
-            if ex.reason == ExitReason.IO:
-                if ex.port == EXIT_PORT and not ex.is_in:
-                    status = "shutdown" if ex.value == 0 else "panic"
-                    return self._result(status, ex, exit_code=ex.value)
-                if ex.port in Console.PORTS and not ex.is_in:
-                    self.console.write(ex.value)
-                elif ex.is_in:
-                    m.complete_in(0xFF if ex.size == 1 else 0xFFFFFFFF)  # no device there
-                continue
-            if ex.reason == ExitReason.BUDGET:
-                continue
-            status = {ExitReason.HALT: "halt", ExitReason.SHUTDOWN: "fault"}.get(ex.reason, "fault")
-            return self._result(status, ex)
-
-    def _result(self, status: str, ex: Exit, exit_code: int = -1) -> RunResult:
-        return RunResult(status, self.console.text, ex, exit_code, self.stats())
-
-    def stats(self) -> dict[str, object]:
-        """Counters of the run so far (see Machine.stats), and toyos's system calls."""
-        stats = self.machine.stats()
-        stats["syscalls"] = stats["vectors"].get(SYSCALL_VECTOR, 0)
-        return stats

@@ -1,16 +1,16 @@
-"""A host: one physical memory, carved into windows, one per guest machine, and the VMs
+"""A host: one physical memory, carved into windows, one per guest machine, and the guests
 that run on them, scheduled round robin.
 
 Each guest is a Machine whose guest-physical memory is a window [base, base + size) of
 the host's array; the core checks every physical access of a guest, page-table walks
 included, against its window, so no guest reaches another's memory or the host's,
-whatever it puts in its page tables. The VMMs of vm.hypervisor build on this.
+whatever it puts in its page tables.
 
+>>> import vm
 >>> from vm.hypervisor.host import Host
->>> from vm.hypervisor.modes import boot
 >>> host = Host(32 << 20)
 >>> for i, workload in enumerate(["syscalls", "spawn", "pagetable", "io"]):
-...     _ = boot("trap-emulate", workload, host=host, name=f"vm{i}")
+...     _ = vm.boot(workload, "trap-emulate", host=host, name=f"vm{i}")
 >>> [result.ok for result in host.run()]
 [True, True, True, True]
 """
@@ -19,23 +19,31 @@ from __future__ import annotations
 
 import numpy as np
 
-from vm.cpu import state as S
 from vm.cpu.cost import DEFAULT, CostModel
+from vm.cpu.state import SCRATCH_SIZE
 from vm.machine import Machine
 
 PAGE = 4096
+# A host's defaults end in seconds whatever its guests do: a slice is at most this many
+# instructions and exits, and a guest at most HOST_BUDGET instructions (about 4 s at 50
+# MIPS) and HOST_EXITS exits (about 5 s at 5 us an exit) in all.
+SLICE = 200_000
+HOST_BUDGET = 200_000_000
+HOST_EXITS = 1_000_000
 
 
 class Host:
     """Physical memory shared by several guest machines."""
 
     def __init__(self, memory_size: int = 64 << 20) -> None:
-        if not isinstance(memory_size, int) or not PAGE <= memory_size <= 4 << 30:
+        if isinstance(memory_size, bool) or not isinstance(memory_size, int):
+            raise ValueError(f"a host's memory size is an int, not {memory_size!r}")
+        if not PAGE <= memory_size <= 4 << 30:
             raise ValueError("a host has from 4 KiB to 4 GiB of memory")
-        self.memory = np.zeros(memory_size + S.SCRATCH_SIZE, dtype=np.uint8)
+        self.memory = np.zeros(memory_size + SCRATCH_SIZE, dtype=np.uint8)
         self.memory_size = memory_size
         self.machines: list[Machine] = []
-        self.vms: list = []  # the VMs booted on this host (vm.hypervisor.modes.boot adds them)
+        self.guests: list = []  # the guests booted on this host (vm.boot adds them)
         self._next = 0
 
     def new_machine(self, memory_size: int, cost: CostModel = DEFAULT) -> Machine:
@@ -49,27 +57,38 @@ class Host:
         self.machines.append(machine)
         return machine
 
-    def run(self, slice_instructions: int = 200_000, budget: int = 500_000_000) -> list:
-        """Run every VM on this host side by side until each stops (see run_side_by_side)."""
-        return run_side_by_side(self.vms, slice_instructions, budget)
+    def run(
+        self, slice_budget: int = SLICE, budget: int = HOST_BUDGET, max_exits: int = HOST_EXITS
+    ) -> list:
+        """Run every guest on this host side by side until each stops (run_side_by_side)."""
+        return run_side_by_side(self.guests, slice_budget, budget, max_exits)
 
 
-def run_side_by_side(vms: list, slice_instructions: int = 200_000, budget: int = 500_000_000):
-    """Schedule several VMs round robin, a slice of instructions each, until all stop.
+def run_side_by_side(
+    guests: list, slice_budget: int = SLICE, budget: int = HOST_BUDGET, max_exits: int = HOST_EXITS
+) -> list:
+    """Schedule guests round robin, a slice each (instructions and exits), until each stops
+    or has used ``budget`` instructions or ``max_exits`` exits.
 
-    Returns each VM's result, in order. A VM's guest sees only its own time (its
+    Returns each guest's last result, in order. A guest sees only its own time (its
     cycles), so where the slices fall never changes what it computes or prints.
     """
-    if slice_instructions < 1:
-        raise ValueError("slice_instructions must be positive")
-    results = [None] * len(vms)
-    used = [0] * len(vms)
+    for name, value in (
+        ("slice_budget", slice_budget),
+        ("budget", budget),
+        ("max_exits", max_exits),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    results = [None] * len(guests)
+    start = [(guest.instructions, guest.exits_taken) for guest in guests]
     while any(r is None for r in results):
-        for i, vm in enumerate(vms):
+        for i, guest in enumerate(guests):
             if results[i] is not None:
                 continue
-            result = vm.run(slice_instructions)
-            used[i] += slice_instructions
-            if result.status != "budget" or used[i] >= budget:
+            result = guest.run(slice_budget)
+            used = guest.instructions - start[i][0]
+            exits = guest.exits_taken - start[i][1]
+            if result.status != "budget" or used >= budget or exits >= max_exits:
                 results[i] = result
     return results

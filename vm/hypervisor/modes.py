@@ -1,63 +1,71 @@
-"""toyos under each mode, behind one interface: what the CLI, the benchmarks and lessons use.
+"""The modes a guest can run in: one entry each, and how to make its VM.
 
->>> from vm.hypervisor.modes import boot
->>> vm = boot("trap-emulate", "syscalls")
->>> result = vm.run()
->>> result.ok, result.stats["exits_by_reason"]["INT 0x80"]
-(True, 2008)
+A new mode is one more entry here (and its own file); ``vm.boot``, the command line, the
+benchmarks, the views and the lessons find it through this table.
 """
 
 from __future__ import annotations
 
-from vm.cpu.cost import DEFAULT, CostModel
-from vm.guest.toyos import ToyOS, install, kernel_text
-from vm.hypervisor.host import Host
-from vm.hypervisor.trap_emulate import VMM_AREA, BinaryTranslationVM, TrapEmulateVM
-from vm.hypervisor.vmm import VM, VMResult
+from collections.abc import Callable
+from dataclasses import dataclass
 
-MODES = ("native", "trap-emulate", "binary-translation")
-GUEST_RAM = 4 << 20
-
-
-class NativeVM:
-    """toyos on bare metal, with the same run() and result shape as the VMs."""
-
-    mode = "native"
-
-    def __init__(self, workload: str, cost: CostModel = DEFAULT, machine=None, **_) -> None:
-        self.toyos = ToyOS(workload, memory_size=GUEST_RAM, cost=cost, machine=machine)
-        self.machine = self.toyos.machine
-        self.log = ()
-
-    def run(self, budget: int = 500_000_000) -> VMResult:
-        result = self.toyos.run(budget)
-        stats = dict(result.stats)
-        stats.update(mode="native", vmm_cycles=0, exits=0, exits_by_reason={})
-        message = str(result.exit) if result.status == "fault" else ""
-        return VMResult(result.status, result.console, result.exit_code, message, stats)
+from vm.cpu.cost import CostModel
+from vm.hypervisor.binary_translation import BinaryTranslationVM
+from vm.hypervisor.native import BareMetalVM
+from vm.hypervisor.trap_emulate import TrapEmulateVM
+from vm.hypervisor.vmm import VM
+from vm.hypervisor.vmm_area import VMM_AREA
+from vm.machine import Machine
 
 
-def boot(
-    mode: str,
-    workload: str,
-    cost: CostModel = DEFAULT,
-    host: Host | None = None,
-    patch: bool = True,
-    name: str = "vm",
-) -> VM | NativeVM:
-    """toyos, loaded and ready to run() in ``mode`` (on ``host`` when given)."""
-    if mode not in MODES:
-        raise ValueError(f"no mode {mode!r}; choose one of {', '.join(MODES)}")
-    size = GUEST_RAM if mode == "native" else GUEST_RAM + VMM_AREA
-    machine = host.new_machine(size, cost) if host is not None else None
-    if mode == "native":
-        vm = NativeVM(workload, cost, machine)
-    else:
-        if machine is None:
-            machine = Host(size).new_machine(size, cost)
-        kernel, _ = install(machine, workload, GUEST_RAM)
-        kind = TrapEmulateVM if mode == "trap-emulate" else BinaryTranslationVM
-        vm = kind(machine, GUEST_RAM, cost, name, kernel_text=kernel_text(kernel), patch=patch)
-    if host is not None:
-        host.vms.append(vm)
-    return vm
+@dataclass(frozen=True)
+class Mode:
+    """One way to run a guest."""
+
+    name: str
+    summary: str  # one line for menus and --help
+    vmm_area: int  # bytes the VMM needs above the guest's RAM
+    make: Callable[..., VM]  # (machine, ram_size, cost, name, kernel_text, **options) -> VM
+    options: frozenset[str] = frozenset()  # the keyword options the mode takes
+
+
+def _native(machine: Machine, ram_size: int, cost: CostModel, name: str, kernel_text, **_):
+    return BareMetalVM(machine, cost, name)
+
+
+def _trap_emulate(machine: Machine, ram_size: int, cost: CostModel, name: str, kernel_text, **o):
+    return TrapEmulateVM(machine, ram_size, cost, name, kernel_text, patch=o.get("patch", True))
+
+
+def _binary_translation(machine: Machine, ram_size: int, cost: CostModel, name: str, text, **_):
+    return BinaryTranslationVM(machine, ram_size, cost, name, text)
+
+
+MODE_TABLE: dict[str, Mode] = {
+    mode.name: mode
+    for mode in (
+        Mode("native", "bare metal: the guest kernel owns the CPU", 0, _native),
+        Mode(
+            "trap-emulate",
+            "full virtualization: the kernel deprivileged to ring 1, its traps emulated",
+            VMM_AREA,
+            _trap_emulate,
+            frozenset({"patch"}),
+        ),
+        Mode(
+            "binary-translation",
+            "full virtualization: the kernel's sensitive instructions translated to callouts",
+            VMM_AREA,
+            _binary_translation,
+        ),
+    )
+}
+MODES = tuple(MODE_TABLE)
+
+
+def mode(name: str) -> Mode:
+    """The mode called name; a clear error names the ones there are."""
+    try:
+        return MODE_TABLE[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"no mode {name!r}; choose one of {', '.join(MODES)}") from None

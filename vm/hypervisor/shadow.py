@@ -11,22 +11,22 @@ shadow entries it made stale. A guest page table written many times in a row wit
 being used ("write flooding", as KVM calls it) stops being shadowed.
 
 Every physical address here is a guest-physical one (an index into the VM's window).
-The shadow tables themselves live in the VMM's area above the guest's RAM, where the
-guest's own mappings can never point.
+The shadow tables themselves live in the VMM's area above the guest's RAM
+(vm.hypervisor.vmm_area), where the guest's own mappings can never point.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import Counter, defaultdict
 
 import numpy as np
 
-from vm.cpu import state as S
+from vm.hypervisor.guest_memory import ACCESSED, DIRTY, PAGE, RW, US, GuestMemory, P
+from vm.hypervisor.vmm import StepGuard, VMStopped
+from vm.hypervisor.vmm_area import VMM_DIRECTORY
+from vm.machine import Machine
 
-PAGE = 4096
-P, RW, US, ACCESSED, DIRTY = 1, 2, 4, 0x20, 0x40
-VMM_DIRECTORY = 1023  # linear 0xFFC00000-0xFFFFFFFF: the VMM's, whatever the guest maps
-VMM_LINEAR = VMM_DIRECTORY << 22
 FLOOD_LIMIT = 8  # emulated writes in a row to one guest table before it is unshadowed
 
 HIDDEN, TRUE, TABLE_WRITE = "hidden", "true", "table write"
@@ -40,19 +40,20 @@ class ShadowPager:
     """The shadow page tables of one VM, and what the VMM knows about the guest's."""
 
     def __init__(
-        self, window: np.ndarray, state: np.ndarray, ram_size: int, area: int, area_size: int
-    ):
-        self.words = window.view(np.uint32)  # the VM's memory as dwords (page tables)
-        self.wv = memoryview(self.words)  # the same, as Python ints (fast to index)
-        self.state = state
-        self.ram_size = ram_size
-        self.vmm_page = area  # the VMM's descriptor tables (GDT, IDT, TSS)
-        self.vmm_table = area + PAGE  # maps the VMM's page at VMM_LINEAR, read-only
-        self.first_free = area + 2 * PAGE
-        self.pool_frames = (area_size - 2 * PAGE) // PAGE  # frames for shadow tables
+        self, machine: Machine, memory: GuestMemory, vmm_pde: int, pool: tuple[int, int]
+    ) -> None:
+        """``vmm_pde``: what every shadow directory maps at VMM_DIRECTORY (the VMM's own
+        pages); ``pool``: [start, end) of the frames shadow tables are made of."""
+        self.machine = machine
+        self.cpu = machine.cpu
+        self.memory = memory
+        self.words = memory.words  # the VM's memory as dwords (page tables)
+        self.ram_size = memory.ram_size
+        self.vmm_pde = vmm_pde
+        self.first_free = pool[0]
+        self.pool_frames = (pool[1] - pool[0]) // PAGE  # frames for shadow tables
         self.counts: Counter = Counter()
-        self.protected_frames: set[int] = set()
-        self.words[self.vmm_table // 4] = self.vmm_page | P
+        self.protected_frames = memory.protected  # guest tables that shadows mirror
         self.reset()
 
     # ---- bookkeeping --------------------------------------------------------------------
@@ -77,15 +78,18 @@ class ShadowPager:
     )  # fmt: skip
 
     def books(self) -> dict[str, object]:
-        """The bookkeeping (for snapshots): what shadows exist and what they came from."""
+        """A copy of the bookkeeping (for snapshots): what shadows exist and what they came
+        from (the shadow tables themselves are in the VM's memory)."""
         out = {name: getattr(self, name) for name in self.BOOKS}
-        out["protected_frames"] = set(self.protected_frames)
-        return out
+        out["protected_frames"] = self.protected_frames
+        return copy.deepcopy(out)
 
     def set_books(self, books: dict[str, object]) -> None:
+        """Put back a copy of what books() returned."""
+        books = copy.deepcopy(books)
         for name in self.BOOKS:
             setattr(self, name, books[name])
-        self.protected_frames.clear()  # (the same set object: the VMM holds it)
+        self.protected_frames.clear()  # (the same set object: guest memory holds it)
         self.protected_frames.update(books["protected_frames"])
 
     def protected(self, frame: int) -> bool:
@@ -115,7 +119,8 @@ class ShadowPager:
         self.flush_tlb()
 
     def flush_tlb(self) -> None:
-        self.state[S.TLB_TAGS : S.TLB_TAGS + S.TLB_ENTRIES] = -1
+        """The real translations changed: flush the real TLB (counted, like a CR3 load)."""
+        self.machine.flush_tlb()
 
     # ---- address spaces ---------------------------------------------------------------------
     def switch(self, guest_cr3: int) -> None:
@@ -127,14 +132,14 @@ class ShadowPager:
                 self.counts["resets"] += 1
                 self.reset()
             directory = self._alloc()
-            self.words[directory // 4 + VMM_DIRECTORY] = self.vmm_table | P
+            self.words[directory // 4 + VMM_DIRECTORY] = self.vmm_pde
             self.spaces[key] = directory
             if key >= 0:
                 self.space_of_directory[key].add(directory)
                 self._protect(key)
             self.counts["spaces built"] += 1
         self.current, self.current_key = directory, key
-        self.state[S.CR3] = directory
+        self.cpu.cr3 = directory
         self.flush_tlb()
 
     def _table_for(self, key: tuple[int, int]) -> int:
@@ -147,22 +152,6 @@ class ShadowPager:
                 self._protect(key[0])
             self.counts["tables built"] += 1
         return table
-
-    # ---- the guest's tables ---------------------------------------------------------------
-    def read(self, address: int) -> int:
-        """A dword of guest-physical memory (-1 outside the guest's RAM)."""
-        if not 0 <= address <= self.ram_size - 4:
-            return -1
-        return self.wv[address >> 2]
-
-    def guest_walk(self, linear: int, cr3: int) -> tuple[int, int, int, int]:
-        """(PDE address, PDE, PTE address, PTE) of linear in the guest's tables (-1: none)."""
-        pde_at = (cr3 & ~0xFFF) + 4 * (linear >> 22)
-        pde = self.read(pde_at)
-        if pde < 0 or not pde & P:
-            return pde_at, pde, -1, -1
-        pte_at = (pde & ~0xFFF) + 4 * ((linear >> 12) & 0x3FF)
-        return pde_at, pde, pte_at, self.read(pte_at)
 
     # ---- page faults --------------------------------------------------------------------------
     def page_fault(self, linear: int, error: int, paging: bool, cr3: int) -> tuple[str, int]:
@@ -184,7 +173,7 @@ class ShadowPager:
                 return TRUE, error & 6
             dirty = True
         else:
-            pde_at, pde, pte_at, pte = self.guest_walk(linear, cr3)
+            pde_at, pde, pte_at, pte = self.memory.walk(linear, cr3)
             if pde < 0 or pte < 0 or not pde & P or not pte & P:
                 return TRUE, error & 6
             rights = pde & pte & (RW | US)
@@ -298,7 +287,7 @@ class ShadowPager:
                 if not paging:
                     want, rights = linear, RW | US
                 else:
-                    _, gpde, _, gpte = self.guest_walk(linear, cr3)
+                    _, gpde, _, gpte = self.memory.walk(linear, cr3)
                     if gpde < 0 or gpte < 0 or not gpde & P or not gpte & P:
                         problems.append(f"{linear:#x}: shadowed but not mapped by the guest")
                         continue
@@ -312,3 +301,55 @@ class ShadowPager:
                 if frame >= self.ram_size:
                     problems.append(f"{linear:#x}: maps {frame:#x}, outside the guest's RAM")
         return problems
+
+
+class TableWriteStep(StepGuard):
+    """Let one guest instruction write the guest page tables it touches (shadowed, so
+    write-protected): their shadow entries are made writable for that one instruction,
+    the real interrupt controller masked so no tick lands in the middle, and afterwards
+    the shadow entries the write made stale are dropped. A store that straddles two
+    tables opens both (the second fault renews the step); ``MAX_TRIES`` bounds the
+    faults one instruction may take before the VMM gives up on it."""
+
+    MAX_TRIES = 8
+
+    def __init__(self, saved_imr: int) -> None:
+        self.saved_imr = saved_imr
+        self.opened: dict[int, int] = {}  # shadow PTE address -> guest frame
+        self.before: dict[int, np.ndarray] = {}  # guest frame -> its words before the write
+        self.tries = 0
+
+    def open(self, shadow: ShadowPager, linear: int, frame: int) -> None:
+        """Make linear's shadow entry writable for the step (frame: the guest table)."""
+        self.renew()
+        if frame not in self.before:
+            self.before[frame] = shadow.words[frame >> 2 : (frame >> 2) + 1024].copy()
+        entry = shadow.shadow_entry(linear)
+        if entry >= 0:
+            shadow.words[entry >> 2] |= RW
+            self.opened[entry] = frame
+        shadow.flush_tlb()
+
+    def renew(self) -> None:
+        """The step's instruction faulted and the fault was handled: try it again."""
+        self.tries += 1
+        if self.tries > self.MAX_TRIES:
+            raise VMStopped(
+                "fault",
+                f"the VMM could not complete one instruction's page-table write in "
+                f"{self.MAX_TRIES} tries",
+            )
+        self.renewed = True
+
+    def close(self, vm, completed: bool) -> None:
+        changed = self.finish(vm.shadow)
+        vm.acct.shadow["entries resynced"] += changed
+
+    def finish(self, shadow: ShadowPager) -> int:
+        """Close the entries, unmask, drop what is stale; how many entries changed."""
+        for entry in self.opened:
+            shadow.words[entry >> 2] &= 0xFFFFFFFF ^ RW
+        shadow.cpu.pic_imr = self.saved_imr
+        changed = sum(shadow.table_written(frame, before) for frame, before in self.before.items())
+        shadow.memory.forget()
+        return changed

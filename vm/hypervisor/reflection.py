@@ -1,0 +1,140 @@
+"""Injection and reflection: delivering an interrupt or exception to the guest kernel
+through its own IDT and TSS, exactly as the CPU would at the guest's privilege level.
+
+Under a VMM that owns the real IDT, every exception, INT n and timer tick comes to the VMM
+first; what belongs to the guest is *reflected* into it (an exception, a system call) or
+*injected* (a virtual interrupt, when the guest's virtual IF allows). The VMM must do what
+the CPU's delivery does (vm/cpu/system.py ``deliver`` and vm/cpu/core.py ``raise_event``),
+checks included, against the guest's state, not the real one:
+
+- the gate must be within the guest's IDT limit, an interrupt or trap gate, present, and
+  for INT n and INT3 its DPL must allow the CPL *the guest believes* it runs at (under ring
+  compression its kernel runs at ring 1 but believes it is at ring 0);
+- the gate's code segment must be a present code segment of the guest's GDT;
+- to an inner ring, the new stack comes from the guest's TSS;
+- the frame holds the guest's view of EFLAGS (its virtual IF) and of CS;
+- a fault on the way (a missing gate, an unmapped stack) becomes what the CPU makes of it:
+  for INT n the fault is raised at the INT instead; for an exception a double fault; a
+  fault while delivering the double fault shuts the guest down (a triple fault).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vm.cpu.state import FLAG_IF, FLAG_TF
+from vm.hypervisor.guest_memory import GuestFault, GuestPageFault
+from vm.hypervisor.vmm import VMStopped
+from vm.machine import vector_name
+
+if TYPE_CHECKING:
+    from vm.hypervisor.trap_emulate import TrapEmulateVM
+
+VECTOR_DF, VECTOR_TS, VECTOR_NP, VECTOR_GP = 8, 10, 11, 13
+GATE_INTERRUPT, GATE_TRAP = 0xE, 0xF
+NT_RF_VM = 0x4000 | 0x10000 | 0x20000  # cleared by delivery, with TF
+
+
+class Reflector:
+    """Delivers events into the guest kernel of one VM (see the module's docstring).
+
+    The guest kernel runs at ``kernel_ring`` (ring compression: 1) and believes it runs
+    at ring 0; the selectors it loads and sees say 0 where the CPU holds ``kernel_ring``
+    (vm.hypervisor.ring_compression's rule, written out here: delivery is the hottest path
+    of a VMM, and a call less is a microsecond less per system call).
+    """
+
+    def __init__(self, vm: TrapEmulateVM, kernel_ring: int = 1) -> None:
+        self.vm = vm
+        self.cpu = vm.cpu
+        self.vcpu = vm.vcpu
+        self.memory = vm.memory
+        self.descriptors = vm.descriptors
+        self.kernel_ring = kernel_ring
+
+    def deliver(
+        self,
+        vector: int,
+        error: int,
+        return_eip: int,
+        software: bool = False,
+        length: int = 0,
+    ) -> int:
+        """Deliver vector (with error code ``error`` >= 0, for an exception that has one),
+        returning to ``return_eip``; ``software`` for INT n and INT3 (``length``: the
+        instruction's bytes). Returns the cycles it cost; a guest that cannot take even
+        the double fault is shut down (VMStopped "fault": a triple fault)."""
+        try:
+            self._deliver(vector, error, return_eip, software)
+        except GuestFault as fault:
+            self._fault_seen(fault)
+            try:
+                if software:  # the INT instruction faults instead, at the instruction
+                    try:
+                        self._deliver(fault.vector, fault.error, return_eip - length, False)
+                        return self._done()
+                    except GuestFault as second:
+                        self._fault_seen(second)
+                elif vector == VECTOR_DF:
+                    raise
+                self._deliver(VECTOR_DF, 0, return_eip, False)
+            except GuestFault as last:
+                self._fault_seen(last)
+                raise VMStopped(
+                    "fault", f"triple fault: {vector_name(vector)} could not be delivered"
+                ) from None
+        return self._done()
+
+    def _done(self) -> int:
+        vm = self.vm
+        vm.acct.reflected += 1
+        return vm.cost.emulation
+
+    def _fault_seen(self, fault: GuestFault) -> None:
+        if isinstance(fault, GuestPageFault):
+            self.vcpu.cr2 = fault.linear  # the CPU sets CR2 as the fault happens
+
+    def _deliver(self, vector: int, error: int, return_eip: int, software: bool) -> None:
+        cpu, vcpu, memory, ring = self.cpu, self.vcpu, self.memory, self.kernel_ring
+        ext = 0 if software else 1
+        gate_error = vector * 8 + 2 + ext
+        base, limit = vcpu.idtr
+        if vector * 8 + 7 > limit:
+            raise GuestFault(VECTOR_GP, gate_error)
+        low, high = memory.read_dwords(base + 8 * vector, 2)
+        gate_type = (high >> 8) & 0x1F
+        cs = cpu.cs
+        cpl = 0 if cs & 3 == ring else cs & 3  # the CPL the guest believes it runs at
+        if gate_type != GATE_INTERRUPT and gate_type != GATE_TRAP:
+            raise GuestFault(VECTOR_GP, gate_error)
+        if software and cpl > (high >> 13) & 3:
+            raise GuestFault(VECTOR_GP, gate_error)
+        if not high & 0x8000:
+            raise GuestFault(VECTOR_NP, gate_error)
+        selector = (low >> 16) & 0xFFFF
+        new_cpl = self.descriptors.code_segment_dpl(selector, (selector & 0xFFFC) + ext)
+        if new_cpl > cpl:
+            raise GuestFault(VECTOR_GP, (selector & 0xFFFC) + ext)
+        eflags = cpu.eflags
+        guest_eflags = eflags & ~FLAG_IF | (FLAG_IF if vcpu.vif else 0)
+        guest_cs = cs & ~3 if cs & 3 == ring else cs
+        esp, new_ss = cpu.esp, -1
+        if new_cpl < cpl:  # to an inner ring: the stack the guest's TSS gives for it
+            if vcpu.tr == 0:
+                raise GuestFault(VECTOR_TS, ext)
+            esp, new_ss = memory.read_dwords(vcpu.tss_base + 4 + 8 * new_cpl, 2)
+            ss = cpu.ss
+            frame = [ss & ~3 if ss & 3 == ring else ss, cpu.esp, guest_eflags, guest_cs, return_eip]
+        else:
+            frame = [guest_eflags, guest_cs, return_eip]
+        if error >= 0 and not software:
+            frame.append(error)
+        cpu.esp = memory.push(esp, frame)  # (faults before anything changes)
+        if new_ss >= 0:
+            new_ss &= 0xFFFF
+            cpu.ss = new_ss | ring if new_ss & 3 == 0 and new_ss & ~3 else new_ss
+        cpu.cs = (selector & 0xFFFC) | (new_cpl or ring)
+        cpu.eip = (low & 0xFFFF) | (high & 0xFFFF0000)
+        cpu.eflags = eflags & ~(FLAG_TF | NT_RF_VM) | FLAG_IF  # (the real IF stays on)
+        if gate_type == GATE_INTERRUPT:
+            vcpu.vif = False

@@ -1,0 +1,387 @@
+"""One guest interface for every mode: what the views, the lessons and the grader use.
+
+>>> import vm
+>>> guest = vm.boot("syscalls", mode="trap-emulate")
+>>> result = guest.run()
+>>> result.ok, result.stats["exits_by_reason"]["INT 0x80"]
+(True, 2008)
+>>> guest.events[-1].text  # the last exit: its OUT to the exit device
+'out trapped (#GP) and emulated'
+
+Every mode in ``vm.MODES`` is booted the same way and watched the same way:
+``run(budget)``, ``step()`` (exactly one guest instruction retires, or one event is
+delivered to the guest, whatever exits the VMM takes inside), ``run_until(...)``,
+``snapshot()``/``restore()``, ``events`` and ``on_event``, and ``view()``: a read-only
+look at the guest as it believes it is and as the hardware holds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from vm.cpu.cost import DEFAULT, CostModel
+from vm.guest.toyos import SYSCALL_VECTOR, WORKLOADS, install, kernel_text
+from vm.hypervisor.events import Event, EventLog
+from vm.hypervisor.host import Host
+from vm.hypervisor.modes import MODES
+from vm.hypervisor.modes import mode as mode_spec
+from vm.hypervisor.vmm import DEFAULT_BUDGET, VM, Until, VMResult, VMSnapshot, check_budget
+from vm.isa import REG32_NAMES
+from vm.machine import Machine
+
+GUEST_RAM = 4 << 20  # each guest's RAM (the VMM's area, if any, comes after it)
+P, RW, US = 1, 2, 4
+
+__all__ = ["GUEST_RAM", "MODES", "WORKLOADS", "Guest", "GuestView", "boot"]
+
+
+def boot(
+    workload: str = "all",
+    mode: str = "native",
+    *,
+    cost: CostModel = DEFAULT,
+    host: Host | None = None,
+    name: str = "vm",
+    **options: object,
+) -> Guest:
+    """toyos with ``workload``, loaded and ready to run in ``mode`` (on ``host`` if given).
+
+    Options a mode takes: ``patch=False`` (trap-emulate: leave POPF, PUSHF and IRET
+    alone, and see x86's hole).
+    """
+    spec = mode_spec(mode)
+    unknown = set(options) - spec.options
+    if unknown:
+        takes = ", ".join(sorted(spec.options)) or "none"
+        raise ValueError(
+            f"mode {mode!r} takes no option {sorted(unknown)[0]!r} (it takes: {takes})"
+        )
+    if workload not in WORKLOADS:
+        raise ValueError(f"no workload {workload!r}; choose one of {', '.join(WORKLOADS)}")
+    if not isinstance(cost, CostModel):
+        raise ValueError(f"cost must be a CostModel (vm.cpu.cost.PRESETS), not {cost!r}")
+    size = GUEST_RAM + spec.vmm_area
+    machine = host.new_machine(size, cost) if host is not None else Machine(size, cost)
+    kernel, user = install(machine, workload, GUEST_RAM)
+    vm = spec.make(machine, GUEST_RAM, cost, name, kernel_text(kernel), **options)
+    guest = Guest(vm, workload, kernel.symbols, user.symbols)
+    if host is not None:
+        host.guests.append(guest)
+    return guest
+
+
+class CPUState(NamedTuple):
+    """The system registers, as the guest believes them or as the hardware holds them."""
+
+    cpl: int
+    interrupts: bool  # EFLAGS.IF
+    eflags: int
+    cr0: int
+    cr2: int
+    cr3: int
+    cr4: int
+    cs: int
+    ss: int
+    ds: int
+    es: int
+    fs: int
+    gs: int
+    gdtr: tuple[int, int]  # (base, limit)
+    idtr: tuple[int, int]
+    tr: int
+
+
+class WalkStep(NamedTuple):
+    """One step of an address translation: which table entry, where, and what it holds."""
+
+    table: str  # "guest directory", "guest table", "shadow directory", "shadow table"
+    address: int  # where the entry is (guest-physical; the VMM's tables are in its area)
+    value: int  # the entry (-1: outside memory)
+    index: int  # which entry of the table
+
+
+class Translation(NamedTuple):
+    """Every step from a guest linear address to the host's memory, read without a side
+    effect (no accessed or dirty bit set, no TLB filled)."""
+
+    linear: int
+    steps: tuple[WalkStep, ...]
+    physical: int  # the guest-physical address the guest's tables give (-1: not mapped)
+    host: int  # the index into the host's memory the hardware would use (-1: none)
+    why: str  # why the translation stops, when it does ("" when it completes)
+
+
+class Line(NamedTuple):
+    """One disassembled instruction."""
+
+    address: int
+    code: bytes
+    text: str
+    current: bool  # at EIP
+
+
+def _walk(read: Callable[[int], int], cr3: int, linear: int, names: tuple[str, str]):
+    """Walk a two-level table for linear: (steps, frame or -1, why)."""
+    directory = (cr3 & ~0xFFF) + 4 * (linear >> 22)
+    pde = read(directory)
+    steps = [WalkStep(names[0], directory, pde, linear >> 22)]
+    if pde < 0 or not pde & P:
+        return steps, -1, f"{names[0]} entry {linear >> 22} is not present"
+    table = (pde & ~0xFFF) + 4 * ((linear >> 12) & 0x3FF)
+    pte = read(table)
+    steps.append(WalkStep(names[1], table, pte, (linear >> 12) & 0x3FF))
+    if pte < 0 or not pte & P:
+        return steps, -1, f"{names[1]} entry {(linear >> 12) & 0x3FF} is not present"
+    return steps, pte & ~0xFFF, ""
+
+
+class GuestView:
+    """A read-only look at a guest at one moment: the registers, the guest's beliefs beside
+    the hardware's, address translation, memory and disassembly. Nothing it does changes
+    the guest (no accessed bits, no TLB fill, no cache)."""
+
+    def __init__(self, vm: VM, status: str) -> None:
+        self._vm = vm
+        cpu = vm.cpu
+        self.mode = vm.mode
+        self.status = status
+        self.registers = {name: getattr(cpu, name) for name in REG32_NAMES}
+        self.registers["eip"] = cpu.eip
+        self.instructions = cpu.instructions
+        self.cycles = cpu.cycles
+        self.hardware = CPUState(
+            cpu.cs & 3,
+            bool(cpu.eflags & 0x200),
+            cpu.eflags,
+            cpu.cr0,
+            cpu.cr2,
+            cpu.cr3,
+            cpu.cr4,
+            cpu.cs,
+            cpu.ss,
+            cpu.ds,
+            cpu.es,
+            cpu.fs,
+            cpu.gs,
+            (cpu.gdtr_base, cpu.gdtr_limit),
+            (cpu.idtr_base, cpu.idtr_limit),
+            cpu.tr,
+        )
+        self.guest = CPUState(**vm.believed_state(self.hardware._asdict()))
+        self.registers["eflags"] = self.guest.eflags
+
+    @property
+    def eip(self) -> int:
+        return self.registers["eip"]
+
+    def _window_dword(self, address: int) -> int:
+        window = self._vm.machine.window
+        if not 0 <= address <= window.size - 4:
+            return -1
+        return int.from_bytes(window[address : address + 4].tobytes(), "little")
+
+    def translate(self, linear: int) -> Translation:
+        """Every step from linear to the host's memory: the guest's tables (when its
+        paging is on), then the tables the hardware walks (a VMM's shadow tables)."""
+        linear &= 0xFFFFFFFF
+        vm, guest, hw = self._vm, self.guest, self.hardware
+        ram = vm.guest_ram
+        read = self._window_dword
+        steps: list[WalkStep] = []
+        if guest.cr0 & 0x80000000:
+            walked, frame, why = _walk(
+                lambda a: read(a) if a <= ram - 4 else -1,
+                guest.cr3,
+                linear,
+                ("guest directory", "guest table"),
+            )
+            steps += walked
+            physical = frame | (linear & 0xFFF) if frame >= 0 else -1
+            if frame >= ram:
+                physical, why = -1, f"the guest maps {frame:#x}, outside its RAM"
+        else:
+            physical, why = (linear if linear < ram else -1), ""
+        if physical < 0:
+            return Translation(linear, tuple(steps), -1, -1, why or "outside the guest's RAM")
+        host_frame = physical & ~0xFFF
+        if vm.hardware_walks_other_tables() and hw.cr0 & 0x80000000:
+            walked, host_frame, why = _walk(
+                read, hw.cr3, linear, ("shadow directory", "shadow table")
+            )
+            steps += walked
+            if host_frame < 0:
+                return Translation(linear, tuple(steps), physical, -1, why + " (not filled yet)")
+        host = vm.machine.cpu.mem_base + host_frame + (linear & 0xFFF)
+        return Translation(linear, tuple(steps), physical, host, "")
+
+    def read(self, linear: int, length: int) -> bytes:
+        """Bytes of memory as the guest sees it at linear (fewer where it maps no more)."""
+        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+            raise ValueError(f"length must be a non-negative integer, not {length!r}")
+        window = self._vm.machine.window
+        out = b""
+        while len(out) < length:
+            physical = self.translate(linear + len(out)).physical
+            if physical < 0:
+                break
+            n = min(length - len(out), 4096 - (physical & 0xFFF))
+            out += window[physical : physical + n].tobytes()
+        return out
+
+    def disassemble(self, before: int = 4, after: int = 8) -> list[Line]:
+        """The instructions around EIP (capstone's text), EIP's marked ``current``."""
+        from vm.asm.disasm import disassemble
+
+        eip = self.eip
+        for back in range(min(before * 15, eip), -1, -1):  # a start that decodes into EIP
+            start = eip - back
+            code = self.read(start, back + 15 * (after + 1))
+            lines = disassemble(code, start)
+            addresses = [address for address, _, _ in lines]
+            if back == 0 or eip in addresses:
+                break
+        out, at_eip = [], None
+        for address, size, text in lines:
+            if address == eip:
+                at_eip = len(out)
+            out.append(Line(address, code[address - start : address - start + size], text, False))
+        if at_eip is None:
+            return [Line(eip, self.read(eip, 1), "(bad)", True)]
+        out[at_eip] = out[at_eip]._replace(current=True)
+        return out[max(0, at_eip - before) : at_eip + after + 1]
+
+
+@dataclass
+class Guest:
+    """A guest in a mode: run it, step it, watch it, go back."""
+
+    vm: VM
+    workload: str
+    kernel_symbols: dict[str, int]
+    user_symbols: dict[str, int]
+
+    def __post_init__(self) -> None:
+        self._status = "ready"
+
+    # ---- what it is ------------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return self.vm.mode
+
+    @property
+    def name(self) -> str:
+        return self.vm.name
+
+    @property
+    def cost(self) -> CostModel:
+        return self.vm.cost
+
+    @property
+    def console(self) -> str:
+        return self.vm.board.console.text
+
+    @property
+    def status(self) -> str:
+        """ "ready" before the first run, then the status the last run ended with."""
+        return self._status
+
+    @property
+    def stats(self) -> dict[str, object]:
+        return self._stats(self.vm.stats())
+
+    @property
+    def instructions(self) -> int:
+        return self.vm.cpu.instructions
+
+    @property
+    def exits_taken(self) -> int:
+        """Times the core returned to the monitor for something (what budgets count)."""
+        return self.vm.acct.core_exits
+
+    @property
+    def events(self) -> EventLog:
+        """The last events (vm.hypervisor.events.Event records), oldest first."""
+        return self.vm.events
+
+    def on_event(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Call callback(event) for every event from now on, in order; returns a function
+        that stops it."""
+        return self.vm.events.subscribe(callback)
+
+    def exit_table(self) -> str:
+        """The mode's exit table: which exit goes to which handler, and why."""
+        return self.vm.describe_exit_table()
+
+    # ---- running ---------------------------------------------------------------------------------
+    def run(self, budget: int = DEFAULT_BUDGET) -> VMResult:
+        """Run until the guest stops or ``budget`` instructions and exits are spent."""
+        return self._finish(self.vm.run(budget))
+
+    def step(self) -> VMResult:
+        """Exactly one guest instruction retires or one event is delivered to the guest."""
+        return self._finish(self.vm.run(DEFAULT_BUDGET, Until(step=True)))
+
+    def run_until(
+        self,
+        *kinds: str,
+        address: int | None = None,
+        console: str | None = None,
+        seq: int | None = None,
+        budget: int = DEFAULT_BUDGET,
+    ) -> VMResult:
+        """Run until an event of one of ``kinds`` ("#GP", "INT 0x80", "IRQ 0", "inject",
+        or an action such as "emulate"), EIP reaches ``address``, the console shows
+        ``console``, event number ``seq`` is recorded, or the budget is spent. Status
+        "stopped" says a condition was met."""
+        for kind in kinds:
+            if not isinstance(kind, str):
+                raise ValueError(f"event kinds are strings such as '#GP', not {kind!r}")
+        if address is not None:
+            if isinstance(address, bool) or not isinstance(address, int):
+                raise ValueError(f"address must be an integer, not {address!r}")
+            if not 0 <= address <= 0xFFFFFFFF:
+                raise ValueError(f"address {address:#x} is not a 32-bit address")
+        if console is not None and not isinstance(console, str):
+            raise ValueError(f"console must be a string, not {console!r}")
+        until = Until(kinds=frozenset(kinds), address=address, console=console, seq=seq)
+        return self._finish(self.vm.run(check_budget(budget), until))
+
+    def _finish(self, result: VMResult) -> VMResult:
+        self._status = result.status
+        result.stats = self._stats(result.stats)
+        return result
+
+    def _stats(self, stats: dict[str, object]) -> dict[str, object]:
+        vectors = self.vm.machine.stats()["vectors"]
+        stats["syscalls"] = vectors.get(SYSCALL_VECTOR, 0)  # toyos's INT 0x80
+        return stats
+
+    # ---- breakpoints, snapshots, views -----------------------------------------------------------
+    @property
+    def breakpoints(self) -> list[int]:
+        """Addresses where a run stops (status "breakpoint") before executing them."""
+        return [a for a in self.vm.machine.breakpoints if a not in self.vm.watched_addresses()]
+
+    def add_breakpoint(self, address: int) -> None:
+        self.vm.machine.add_breakpoint(address)
+
+    def remove_breakpoint(self, address: int) -> None:
+        if address not in self.vm.watched_addresses():
+            self.vm.machine.remove_breakpoint(address)
+
+    def snapshot(self) -> VMSnapshot:
+        """A copy of the whole guest (machine and monitor); restore() returns to it exactly."""
+        return self.vm.snapshot()
+
+    def restore(self, snapshot: VMSnapshot) -> None:
+        self.vm.restore(snapshot)
+        self._status = self.vm.stopped.status if self.vm.stopped else "ready"
+
+    def view(self) -> GuestView:
+        """A read-only view of the guest now (see GuestView)."""
+        return GuestView(self.vm, self._status)
+
+    def __repr__(self) -> str:
+        return f"Guest({self.workload!r}, mode={self.mode!r}, status={self._status!r})"
