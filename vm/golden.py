@@ -28,7 +28,7 @@ def measure(workload: str, mode: str) -> dict[str, object]:
         "exits": stats["exits"],
         "exits_by_reason": stats["exits_by_reason"],
         "callouts": stats["callouts"],
-        "console": result.console,
+        "console": result.console.splitlines(),  # (a line per line: readable in a diff)
     }
 
 
