@@ -172,15 +172,14 @@ class GuestMemory:
                 return
         data = (value & 0xFFFFFFFF).to_bytes(4, "little")[:size]
         targets = [self.translate(linear + k, write=True) for k in range(size)]  # fault first
+        watched = {p & ~0xFFF for p in targets} & self.protected
+        before = {frame: self.words[frame >> 2 : (frame >> 2) + 1024].copy() for frame in watched}
         for k, physical in enumerate(targets):
-            frame = physical & ~0xFFF
-            if frame in self.protected and self.on_table_write is not None:
-                before = self.words[frame >> 2 : (frame >> 2) + 1024].copy()
-                self.bytes[physical] = data[k]
-                self.on_table_write(frame, before)
-                self.forget()
-            else:
-                self.bytes[physical] = data[k]
+            self.bytes[physical] = data[k]
+        if watched and self.on_table_write is not None:
+            for frame in sorted(watched):
+                self.on_table_write(frame, before[frame])
+            self.forget()
 
     def push(self, esp: int, values: list[int]) -> int:
         """Push values (first pushed first) onto the guest stack at esp; the new ESP.
