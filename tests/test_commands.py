@@ -82,8 +82,10 @@ def test_bench_quick_json_has_every_figure():
         "warm_start_s",
         "boot_instructions",
         "toyos_compute_mips",
+        "trap_handler_us",
         "trap_exit_us",
         "trap_roundtrip_us",
+        "storm_us_per_unit",
         "compute_te_vs_native",
         "compute_bt_vs_native",
     ]

@@ -49,8 +49,7 @@ class GuestDescriptors:
         index = selector & 0xFFF8
         if index == 0 or selector & 4 or index + 7 > limit:
             raise GuestFault(VECTOR_GP, selector & 0xFFFC)
-        high = self.memory.read_dwords(base + index, 2)[1]
-        access = (high >> 8) & 0xFF
+        access = (self.memory.read(base + index + 4) >> 8) & 0xFF  # (the high dword)
         if access & 0x18 != 0x18:  # S = 1 and executable
             raise GuestFault(VECTOR_GP, error)
         if not access & 0x80:

@@ -215,7 +215,7 @@ class Emulator:
             new_eip, cs, flags = vm.memory.read_dwords(esp, 3)
             outer_esp = outer_ss = -1
         cs &= 0xFFFF
-        cpl, rpl = vm.virtual_cpl(), cs & 3
+        cpl, rpl = vm.believed_cpl[cpu.cs & 3], cs & 3
         if rpl < cpl:
             raise GuestFault(VECTOR_GP, cs & 0xFFFC)
         if vm.descriptors.code_segment_dpl(cs, cs & 0xFFFC) != rpl:
@@ -226,7 +226,7 @@ class Emulator:
             cpu.esp, cpu.ss = outer_esp, vm.real_selector(outer_ss & 0xFFFF)
         else:
             cpu.esp = (esp + 12) & 0xFFFFFFFF
-        cpu.cs = vm.real_selector(cs)
+        cpu.cs = cs if rpl else cs | 1  # (ring compression: the guest's ring 0 is ring 1)
         cpu.eip = new_eip
         vm.vcpu.vif = bool(flags & FLAG_IF)  # (set_flags_from_guest, written out)
         cpu.eflags = (cpu.eflags & ~POPF_WRITABLE) | (flags & POPF_WRITABLE) | FLAG_IF | 2

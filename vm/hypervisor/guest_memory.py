@@ -122,23 +122,29 @@ class GuestMemory:
     # an exit's handler makes a dozen of these, and a call less each is a microsecond.)
     def read(self, linear: int, size: int = 4) -> int:
         """A little-endian value at a guest linear address."""
-        linear &= 0xFFFFFFFF
         offset = linear & 0xFFF
         if offset <= PAGE - size:
-            entry = self.cache.get(linear >> 12)
-            physical = (entry & ~0xFFF) | offset if entry is not None else self.translate(linear)
-            if size == 4 and not physical & 3:
-                return self.dwords[physical >> 2]
+            entry = self.cache.get((linear >> 12) & 0xFFFFF)
+            if entry is None:
+                physical = self.translate(linear & 0xFFFFFFFF)
+            else:
+                physical = (entry & ~0xFFF) | offset
+            if size == 4:
+                if not physical & 3:
+                    return self.dwords[physical >> 2]
+                return _DWORDS[1].unpack_from(self.bytes, physical)[0]
             return int.from_bytes(self.bytes[physical : physical + size], "little")
         return int.from_bytes(self.read_bytes(linear, size, strict=True), "little")
 
     def read_dwords(self, linear: int, count: int) -> list[int]:
         """count dwords from linear up (a stack frame, an IDT gate, a descriptor)."""
-        linear &= 0xFFFFFFFF
         offset = linear & 0xFFF
         if offset <= PAGE - 4 * count:
-            entry = self.cache.get(linear >> 12)
-            physical = (entry & ~0xFFF) | offset if entry is not None else self.translate(linear)
+            entry = self.cache.get((linear >> 12) & 0xFFFFF)
+            if entry is None:
+                physical = self.translate(linear & 0xFFFFFFFF)
+            else:
+                physical = (entry & ~0xFFF) | offset
             if not physical & 3:
                 return self.dwords[physical >> 2 : (physical >> 2) + count].tolist()
             return list(_DWORDS[count].unpack_from(self.bytes, physical))

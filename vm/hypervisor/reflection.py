@@ -51,6 +51,7 @@ class Reflector:
         self.memory = vm.memory
         self.descriptors = vm.descriptors
         self.kernel_ring = kernel_ring
+        self.emulation = vm.cost.emulation  # what a delivery costs the VMM
 
     def deliver(
         self,
@@ -66,6 +67,8 @@ class Reflector:
         the double fault is shut down (VMStopped "fault": a triple fault)."""
         try:
             self._deliver(vector, error, return_eip, software)
+            self.vm.acct.reflected += 1  # (_done, written out: the common case)
+            return self.emulation
         except GuestFault as fault:
             self._fault_seen(fault)
             try:
@@ -86,9 +89,8 @@ class Reflector:
         return self._done()
 
     def _done(self) -> int:
-        vm = self.vm
-        vm.acct.reflected += 1
-        return vm.cost.emulation
+        self.vm.acct.reflected += 1
+        return self.emulation
 
     def _fault_seen(self, fault: GuestFault) -> None:
         if isinstance(fault, GuestPageFault):

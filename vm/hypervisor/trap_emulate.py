@@ -62,6 +62,7 @@ class TrapEmulateVM(VM):
     """A VMM that deprivileges the guest kernel and emulates what traps."""
 
     mode = "trap-emulate"
+    believed_cpl = (0, 0, 2, 3)  # ring compression: the kernel's ring 1 is its ring 0
     rewritten = PATCHED  # what prepare_kernel rewrites into INT3
     site_kind = "patched"
     EXIT_TABLE = (
@@ -135,10 +136,6 @@ class TrapEmulateVM(VM):
         self.note("patch", "rewrite", text, eip=start)
 
     # ---- what the guest believes -----------------------------------------------------------------
-    def virtual_cpl(self) -> int:
-        ring = self.cpu.cs & 3  # (ring compression's rule, written out: it is asked often)
-        return 0 if ring == 1 else ring
-
     def virtual_if(self) -> bool:
         return self.vcpu.vif
 
@@ -311,8 +308,9 @@ class TrapEmulateVM(VM):
 
     def software_interrupt(self) -> Outcome:
         """INT n: delivered through the guest's gate, its DPL checked at the guest's CPL."""
-        self.from_user()
         cpu = self.cpu
+        if cpu.cs & 3 == 3:  # (from_user, written out: every system call comes this way)
+            self.vcpu.vif = True
         vector, length = cpu.exit_vector, cpu.exit_instruction_length
         cost = self.reflector.deliver(vector, NO_ERROR_CODE, cpu.eip, True, length)
         return None, "reflect", self.trap_cycles + cost, SYSCALL_TEXT[vector & 0xFF]
@@ -329,7 +327,6 @@ class TrapEmulateVM(VM):
     def callout(self, site: int) -> Outcome:
         """A rewritten site ran: do what its original instruction meant."""
         ins = self.sites[site]
-        self.cpu.eip = site
         self.acct.emulated[ins.name] += 1
         kind, cost = self.callout_kind, self.callout_cost
         try:
