@@ -14,3 +14,20 @@ MODULES = ["vm.machine", "vm.guest.toyos", "vm.interface", "vm.hypervisor.host"]
 def test_docstring_examples(name):
     result = doctest.testmod(importlib.import_module(name))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_readme_examples_run_and_say_what_their_comments_say():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 2
+    names: dict = {}
+    for block in blocks:
+        exec(compile(block.replace("print(", "(lambda *a, **k: None)("), "README", "exec"), names)
+    guest, view, result, m = names["guest"], names["view"], names["result"], names["m"]
+    assert (view.guest.cpl, view.hardware.cpl) == (0, 1)
+    assert result.ok and result.stats["exits_by_reason"]["#GP"] == 134
+    assert guest.events[-1].kind == "stop" or guest.status == "shutdown"
+    assert (m.regs.eax, m.instructions, m.cycles) == (55, 22, 22)
