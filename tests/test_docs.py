@@ -31,3 +31,14 @@ def test_the_readme_examples_run_and_say_what_their_comments_say():
     assert result.ok and result.stats["exits_by_reason"]["#GP"] == 134
     assert guest.events[-1].kind == "stop" or guest.status == "shutdown"
     assert (m.regs.eax, m.instructions, m.cycles) == (55, 22, 22)
+
+
+def test_the_readme_points_only_inside_the_repository():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    assert "../" not in readme
+    for path in re.findall(r"`((?:vm|tests|lessons|widgets|binder)/[\w/.]*)`", readme):
+        assert (root / path.rstrip("/")).exists(), path

@@ -1,5 +1,6 @@
 """Guest kernels written to hurt their host, their neighbours, or the truth of what they
-see: each finding of the adversarial review (../shared/repro/hostile) as a regression test.
+see: each finding of an adversarial review (its reproducers were short scripts against the
+API of 2026-12-02) as a regression test.
 
 A guest kernel here is a few lines of assembly run three ways: on bare metal (the native
 mode's monitor), under trap-and-emulate and under binary translation. Where bare metal
