@@ -153,18 +153,19 @@ class GuestMemory:
     def read_bytes(self, linear: int, size: int, strict: bool = False) -> bytes:
         """size bytes at linear; fewer where the guest maps no more (or a GuestPageFault
         when ``strict``)."""
-        out = b""
-        while len(out) < size:
-            at = (linear + len(out)) & 0xFFFFFFFF
+        chunks, got = [], 0
+        while got < size:
+            at = (linear + got) & 0xFFFFFFFF
             try:
                 physical = self.translate(at)
             except GuestPageFault:
                 if strict:
                     raise
                 break
-            n = min(size - len(out), PAGE - (physical & 0xFFF))
-            out += self.bytes[physical : physical + n].tobytes()
-        return out
+            n = min(size - got, PAGE - (physical & 0xFFF))
+            chunks.append(self.bytes[physical : physical + n])
+            got += n
+        return b"".join(chunks)
 
     # ---- writes ------------------------------------------------------------------------------
     def write(self, linear: int, value: int, size: int = 4) -> None:

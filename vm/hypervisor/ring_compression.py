@@ -30,11 +30,14 @@ class RingCompression:
         self.memory = memory
         words = machine.window.view(np.uint32)
         self.real_gdt = words[area.gdt >> 2 : (area.gdt >> 2) + 2 * MAX_DESCRIPTORS]  # a view
+        self.descriptors = MAX_DESCRIPTORS  # how many the real GDT may hold now (not zero)
+        self.loaded: tuple[bytes, int] = (b"", -1)  # the guest's table the real one was made of
 
     def reset(self) -> None:
         """The real CPU as the VMM starts the guest: the reset segments (CS and SS flat,
         the data segments null) at ring 1, the VMM's own IDT and TSS."""
         cpu = self.cpu
+        self.forget()
         self.real_gdt[:] = 0
         self.real_gdt[2:6] = RESET_GDT
         cpu.gdtr_base = VMMArea.linear(GDT_OFFSET)
@@ -53,15 +56,24 @@ class RingCompression:
         guest's table when they need it: vm.hypervisor.descriptors.)"""
         limit &= 0xFFFF
         count = min((limit + 1) // 8, MAX_DESCRIPTORS)
-        data = self.memory.read_bytes(base, 8 * count).ljust(8 * count, b"\0")
-        real = np.frombuffer(data, dtype=np.uint32).copy()
-        high = real[1::2]
+        data = self.memory.read_bytes(base, 8 * count)
+        if (data, limit) == self.loaded:  # (the same table again: nothing to make)
+            return
+        self.loaded = (data, limit)
+        real = self.real_gdt
+        real[: len(data) // 4] = np.frombuffer(data, dtype=np.uint32, count=len(data) // 4)
+        real[len(data) // 4 : 2 * max(count, self.descriptors)] = 0  # (what the guest has not)
+        high = real[1 : 2 * count : 2]
         ring0_segment = ((high & 0x1000) != 0) & (((high >> 13) & 3) == 0)  # S = 1, DPL 0
         high[ring0_segment] |= 1 << 13
         real[:2] = 0  # (the null descriptor)
-        self.real_gdt[:] = 0
-        self.real_gdt[: real.size] = real
+        self.descriptors = count
         self.cpu.gdtr_limit = limit
+
+    def forget(self) -> None:
+        """The real GDT was put back from a snapshot: the next LGDT makes it anew."""
+        self.loaded = (b"", -1)
+        self.descriptors = MAX_DESCRIPTORS
 
     @staticmethod
     def real_selector(selector: int) -> int:

@@ -427,4 +427,5 @@ class TrapEmulateVM(VM):
         self.vcpu.load(saved["vcpu"])
         self.shadow.set_books(saved["shadow"])
         self.memory.forget()
+        self.rings.forget()
         self.last_cli, self.lost_enable = saved["holes"]
