@@ -41,6 +41,9 @@ def test_every_mode_has_the_same_surface(mode):
     assert set(view.registers) == {"eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi",
                                    "eip", "eflags"}  # fmt: skip
     assert view.guest.cpl in (0, 3) and view.mode == mode
+    roles = dict(guest.rings)
+    assert roles[3] == "guest user" and "guest kernel" in roles.values()
+    assert (roles.get(0) == "VMM") == (mode != "native")
 
 
 def _eips(guest, steps: int) -> list[int]:

@@ -310,6 +310,12 @@ class Guest:
         that stops it."""
         return self.vm.events.subscribe(callback)
 
+    @property
+    def rings(self) -> tuple[tuple[int, str], ...]:
+        """Who runs at which hardware ring in this mode: ((0, "VMM"), (1, "guest kernel"),
+        (3, "guest user")) under trap-and-emulate."""
+        return self.vm.ring_roles
+
     def exit_table(self) -> str:
         """The mode's exit table: which exit goes to which handler, and why."""
         return self.vm.describe_exit_table()

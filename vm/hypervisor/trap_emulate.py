@@ -63,6 +63,7 @@ class TrapEmulateVM(VM):
 
     mode = "trap-emulate"
     believed_cpl = (0, 0, 2, 3)  # ring compression: the kernel's ring 1 is its ring 0
+    ring_roles = ((0, "VMM"), (1, "guest kernel"), (3, "guest user"))
     rewritten = PATCHED  # what prepare_kernel rewrites into INT3
     site_kind = "patched"
     EXIT_TABLE = (

@@ -199,6 +199,8 @@ class VM:
     # The CPL the guest believes it runs at, by the hardware's ring (bare hardware: the
     # same; ring compression says otherwise). A table, not a method: every exit asks.
     believed_cpl: tuple[int, int, int, int] = (0, 1, 2, 3)
+    # Who runs at which hardware ring in this mode (for views: a picture of the rings).
+    ring_roles: tuple[tuple[int, str], ...] = ((0, "guest kernel"), (3, "guest user"))
     EXIT_TABLE: tuple[ExitRow, ...] = (
         ExitRow(ExitReason.HALT, ANY, "halted", "HLT: nothing wakes the CPU"),
         ExitRow(ExitReason.SHUTDOWN, ANY, "triple_fault", "a fault while delivering #DF"),
