@@ -165,6 +165,15 @@ def test_a_user_breakpoint_stops_the_run_and_the_run_goes_on_past_it():
     assert guest.run().ok
 
 
+def test_a_cost_preset_by_name_changes_the_cycles_of_exits_only():
+    core2 = vm.boot("syscalls", "trap-emulate", cost="core2").run().stats
+    pentium4 = vm.boot("syscalls", "trap-emulate").run().stats
+    assert core2["instructions"] == pentium4["instructions"]
+    assert core2["cycles"] < pentium4["cycles"]  # (a VM exit costs 937 cycles, not 2,409)
+    with pytest.raises(ValueError, match="no cost model 'p5'"):
+        vm.boot("syscalls", cost="p5")
+
+
 def test_restore_takes_only_a_snapshot_of_its_own_mode():
     te, native = vm.boot("io", "trap-emulate"), vm.boot("io")
     with pytest.raises(ValueError, match="restore"):

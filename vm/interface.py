@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from vm.cpu.cost import DEFAULT, CostModel
+from vm.cpu.cost import DEFAULT, CostModel, preset
 from vm.guest.toyos import SYSCALL_VECTOR, WORKLOADS, install, kernel_text
 from vm.hypervisor.events import Event, EventLog
 from vm.hypervisor.host import Host
@@ -41,16 +41,19 @@ def boot(
     workload: str = "all",
     mode: str = "native",
     *,
-    cost: CostModel = DEFAULT,
+    cost: CostModel | str = DEFAULT,
     host: Host | None = None,
     name: str = "vm",
     **options: object,
 ) -> Guest:
-    """toyos with ``workload``, loaded and ready to run in ``mode`` (on ``host`` if given).
+    """toyos with ``workload``, loaded and ready to run in ``mode`` (on ``host`` if given),
+    with a cost model (a CostModel, or a preset's name: "pentium4", "core2", ...).
 
     Options a mode takes: ``patch=False`` (trap-emulate: leave POPF, PUSHF and IRET
     alone, and see x86's hole).
     """
+    if isinstance(cost, str):
+        cost = preset(cost)
     spec = mode_spec(mode)
     unknown = set(options) - spec.options
     if unknown:
