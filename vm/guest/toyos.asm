@@ -18,7 +18,12 @@
 ;   5 spawn(program, argument) -> pid   6 wait(pid) -> exit code
 ;   7 map(address) -> 0 or -1   8 unmap(address) -> 0 or -1
 ;
-; Built in variants like Linux's pv_ops: %ifdef PARAVIRT and %ifdef CONTAINERS (later).
+; One source, built two ways, as Linux's pv_ops does it: every privileged operation is a
+; macro below ("the hardware interface"). Natively the macros are the instructions; built
+; with %define PARAVIRT they are hypercalls to a Xen-like VMM (vm/hypervisor/paravirt.py):
+; the kernel runs at ring 1, asks for what it used to take, and masks its virtual
+; interrupts (event channels) by writing a byte. Diff the two columns of that section to
+; see everything a paravirtual port changes.
 
 bits 32
 org 0x1000
@@ -35,8 +40,13 @@ USER_BASE       equ 0x400000
 USER_END        equ 0x800000
 USER_STACK_PAGE equ 0x7ff000
 
+%ifdef PARAVIRT
+KERNEL_CODE     equ 0x09                ; ring 1: the VMM's flat segments (Xen's FLAT_RING1_CS)
+KERNEL_DATA     equ 0x11
+%else
 KERNEL_CODE     equ 0x08
 KERNEL_DATA     equ 0x10
+%endif
 USER_CODE       equ 0x1b
 USER_DATA       equ 0x23
 TSS_SELECTOR    equ 0x28
@@ -95,29 +105,190 @@ FRAME_SIZE      equ 60
     call %3
 %endmacro
 
-; ---- boot -----------------------------------------------------------------------------
-start:
-    mov esp, BOOT_STACK
+; ---- the hardware interface: native instructions, or hypercalls --------------------------
+%ifdef PARAVIRT
+; Hypercalls (vm/hypervisor/paravirt.py has the table): EAX = number, arguments in EBX,
+; ECX, EDX, ESI, EDI, the result in EAX; the gate is VMCALL (INT 0x82 works too).
+HYPERVISOR_set_trap_table equ 0
+HYPERVISOR_mmu_update     equ 1
+HYPERVISOR_stack_switch   equ 3
+HYPERVISOR_set_callbacks  equ 4
+HYPERVISOR_multicall      equ 13
+HYPERVISOR_set_timer_op   equ 15
+HYPERVISOR_xen_version    equ 17
+HYPERVISOR_console_io     equ 18
+HYPERVISOR_vcpu_op        equ 24
+HYPERVISOR_mmuext_op      equ 26
+HYPERVISOR_sched_op       equ 29
+CONSOLEIO_write           equ 0
+VCPUOP_register_vcpu_info equ 10
+SCHEDOP_yield             equ 0
+SCHEDOP_block             equ 1
+SCHEDOP_shutdown          equ 2
+MMUEXT_PIN_L1_TABLE       equ 0
+MMUEXT_PIN_L2_TABLE       equ 1
+MMUEXT_UNPIN_TABLE        equ 4
+MMUEXT_NEW_BASEPTR        equ 5
+MMUEXT_INVLPG_LOCAL       equ 7
+; the vcpu_info the kernel shares with the VMM (registered at boot)
+VCPU_PENDING              equ 0         ; byte: an event is waiting
+VCPU_MASK                 equ 1         ; byte: events are masked (the virtual IF, inverted)
+VCPU_EVENTS               equ 4         ; dword: which event channels are pending
+VCPU_CR2                  equ 8         ; dword: the address of the last page fault
+
+%macro hypercall 1
+    mov eax, %1
+    vmcall
+%endmacro
+%endif
+
+%ifndef PARAVIRT
+%macro load_gdt 0                       ; the descriptor tables
     lgdt [gdt_pointer]
-    mov eax, KERNEL_DATA
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    call build_idt
-    call build_tss
+%endmacro
+%macro load_task_register 0
     mov eax, TSS_SELECTOR
     ltr ax
-    call build_kernel_paging
-    ; the interrupt controller: IRQ 0 (timer) only
+%endmacro
+%macro start_timer 0                    ; IRQ 0 only, the PIT at the boot divisor
     mov al, 0xfe
     out PIC_DATA, al
-    ; the timer: mode 2, divisor from the boot arguments
     mov al, 0x34
     out PIT_COMMAND, al
     mov eax, [BOOT_TIMER]
     out PIT_CHANNEL0, al
     mov al, ah
     out PIT_CHANNEL0, al
+%endmacro
+%macro irq_enable 0
+    sti
+%endmacro
+%macro irq_disable 0
+    cli
+%endmacro
+%macro irq_save 0                       ; push the interrupt state
+    pushfd
+%endmacro
+%macro irq_restore 0                    ; pop it (the arithmetic flags are not kept)
+    popfd
+%endmacro
+%macro safe_halt 0                      ; wait for an interrupt
+    hlt
+%endmacro
+%macro end_of_interrupt 0
+    mov al, 0x20
+    out PIC_COMMAND, al
+%endmacro
+%macro console_putc 0                   ; AL
+    out CONSOLE_PORT, al
+%endmacro
+%macro set_kernel_stack 1               ; the stack ring 3 enters the kernel on
+    mov [tss+4], %1
+%endmacro
+%macro load_cr3 1
+    mov cr3, %1
+%endmacro
+%macro read_fault_address 0             ; EAX = CR2
+    mov eax, cr2
+%endmacro
+%macro power_off 0                      ; AL = exit status
+    out EXIT_PORT, al
+%endmacro
+%macro return_from_interrupt 0
+    iret
+%endmacro
+%endif
+
+%ifdef PARAVIRT
+%macro load_gdt 0                       ; (the VMM's flat ring-1 and ring-3 segments)
+%endmacro
+%macro load_task_register 0             ; (stack_switch tells the VMM the kernel stack)
+%endmacro
+%macro start_timer 0                    ; a virtual timer: event channel 0
+    mov ebx, [BOOT_TIMER]
+    hypercall HYPERVISOR_set_timer_op
+%endmacro
+%macro irq_enable 0                     ; unmask events; take one that came meanwhile
+    mov byte [vcpu_info + VCPU_MASK], 0
+    cmp byte [vcpu_info + VCPU_PENDING], 0
+    je %%done
+    call pv_force_event
+%%done:
+%endmacro
+%macro irq_disable 0
+    mov byte [vcpu_info + VCPU_MASK], 1
+%endmacro
+%macro irq_save 0
+    push dword [vcpu_info]              ; (the mask is its second byte)
+%endmacro
+%macro irq_restore 0
+    test byte [esp + 1], 1              ; masked when saved?
+    lea esp, [esp + 4]
+    jnz %%done
+    irq_enable
+%%done:
+%endmacro
+%macro safe_halt 0                      ; block until an event
+    push eax
+    push ebx
+    mov ebx, SCHEDOP_block
+    hypercall HYPERVISOR_sched_op
+    pop ebx
+    pop eax
+%endmacro
+%macro end_of_interrupt 0               ; the timer's event is handled
+    and dword [vcpu_info + VCPU_EVENTS], ~1
+    mov byte [vcpu_info + VCPU_PENDING], 0
+%endmacro
+%macro console_putc 0                   ; AL
+    call pv_putc
+%endmacro
+%macro set_kernel_stack 1               ; (queued: the next load_cr3 sends both at once)
+    push ecx
+    mov ecx, %1
+    call pv_queue_stack_switch
+    pop ecx
+%endmacro
+%macro load_cr3 1
+    push eax
+    push edx
+    mov edx, %1
+    mov eax, MMUEXT_NEW_BASEPTR
+    call pv_queue_mmuext
+    call pv_flush
+    pop edx
+    pop eax
+%endmacro
+%macro read_fault_address 0             ; the VMM puts CR2 in the vcpu_info
+    mov eax, [vcpu_info + VCPU_CR2]
+%endmacro
+%macro power_off 0                      ; AL = exit status
+    movzx ecx, al
+    mov ebx, SCHEDOP_shutdown
+    hypercall HYPERVISOR_sched_op
+%endmacro
+%macro return_from_interrupt 0          ; events back on where the frame had them on
+    test byte [esp + 9], 2              ; the frame's EFLAGS.IF
+    jz %%iret
+    irq_enable
+%%iret:
+    iret
+%endmacro
+%endif
+
+; ---- boot -----------------------------------------------------------------------------
+start:
+    mov esp, BOOT_STACK
+    load_gdt
+    mov eax, KERNEL_DATA
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    call build_idt
+    call build_tss
+    load_task_register
+    call build_kernel_paging
+    start_timer                     ; a tick every BOOT_TIMER counts on IRQ 0
     mov esi, msg_boot
     call kputs
     ; the first process: init (program 0), told which workload to start
@@ -132,15 +303,15 @@ start:
     mov dword [procs+P_CR3], kernel_page_directory
     mov dword [procs+P_KSTACK], BOOT_STACK
 idle:
-    sti                             ; the idle loop runs with interrupts on
+    irq_enable                      ; the idle loop runs with interrupts on
 .loop:
-    pushfd                          ; local_irq_save: look at the run queue, ticks held off
-    cli
+    irq_save                        ; local_irq_save: look at the run queue, ticks held off
+    irq_disable
     call any_ready
-    popfd                           ; local_irq_restore: interrupts on again
+    irq_restore                     ; local_irq_restore: interrupts on again
     test eax, eax
     jnz .yield
-    hlt                             ; nothing to run: sleep until the next tick
+    safe_halt                       ; nothing to run: sleep until the next tick
     jmp .loop
 .yield:
     call schedule
@@ -151,6 +322,30 @@ panic_no_memory:
     jmp panic_message
 
 ; ---- descriptor tables -------------------------------------------------------------------
+%ifdef PARAVIRT
+build_idt:
+    ; the trap table the VMM bounces exceptions through, and the system-call gate it
+    ; installs for ring 3 to enter the kernel directly: entries of (vector, flags, cs,
+    ; handler), flags = the DPL (and 4: mask events on the way in, an interrupt gate)
+    xor ecx, ecx
+    mov edi, trap_table
+.next:
+    mov eax, (KERNEL_CODE << 16) | (4 << 8)
+    or eax, ecx                     ; vector, flags 4, the kernel's code segment
+    mov [edi], eax
+    mov eax, [isr_table + ecx*4]
+    mov [edi + 4], eax
+    add edi, 8
+    inc ecx
+    cmp ecx, 20
+    jne .next
+    mov dword [edi], 0x80 | (3 << 8) | (KERNEL_CODE << 16)     ; INT 0x80 from ring 3
+    mov dword [edi + 4], isr_syscall
+    mov dword [edi + 12], 0                                     ; the end
+    mov ebx, trap_table
+    hypercall HYPERVISOR_set_trap_table
+    ret
+%else
 build_idt:
     ; exceptions 0..19 have their own stubs; IRQ 0 is vector 32; system calls INT 0x80
     xor ecx, ecx
@@ -185,7 +380,22 @@ build_idt:
     jne .next
     lidt [idt_pointer]
     ret
+%endif
 
+%ifdef PARAVIRT
+build_tss:
+    ; the kernel stack for entries from ring 3, the vcpu_info the VMM shares with us,
+    ; and where it delivers events (the timer's): no TSS of our own
+    mov eax, BOOT_STACK
+    set_kernel_stack eax
+    call pv_flush
+    mov ebx, VCPUOP_register_vcpu_info
+    mov ecx, vcpu_info
+    hypercall HYPERVISOR_vcpu_op
+    mov ebx, isr_timer
+    hypercall HYPERVISOR_set_callbacks
+    ret
+%else
 build_tss:
     mov dword [tss+8], KERNEL_DATA   ; SS0
     mov eax, tss
@@ -195,6 +405,7 @@ build_tss:
     mov [gdt_tss+4], al              ; base 23..16
     mov [gdt_tss+7], ah              ; base 31..24
     ret
+%endif
 
 build_kernel_paging:
     ; one page table maps the first 4 MiB 1:1, supervisor only
@@ -211,11 +422,27 @@ build_kernel_paging:
     mov eax, kernel_page_table
     or eax, PTE_PRESENT | PTE_WRITE
     mov [kernel_page_directory], eax
+%ifdef PARAVIRT
+    ; the VMM checks our page tables: never writable where they are mapped. Then it
+    ; pins them and runs on them (one hypercall, three operations).
+    and dword [kernel_page_table + (kernel_page_table >> 12) * 4], ~PTE_WRITE
+    and dword [kernel_page_table + (kernel_page_directory >> 12) * 4], ~PTE_WRITE
+    mov eax, MMUEXT_PIN_L1_TABLE
+    mov edx, kernel_page_table
+    call pv_queue_mmuext
+    mov eax, MMUEXT_PIN_L2_TABLE
+    mov edx, kernel_page_directory
+    call pv_queue_mmuext
+    mov eax, MMUEXT_NEW_BASEPTR
+    call pv_queue_mmuext
+    call pv_flush
+%else
     mov eax, kernel_page_directory
     mov cr3, eax
     mov eax, cr0
     or eax, 0x80010000              ; PG and WP
     mov cr0, eax
+%endif
     ; the frame allocator starts after the kernel's own memory
     mov dword [next_frame], FIRST_FRAME
     ret
@@ -259,6 +486,9 @@ isr_timer:
     push 32
     jmp isr_common
 isr_syscall:
+%ifdef PARAVIRT
+    irq_disable                     ; (a trap gate straight from ring 3: mask events here)
+%endif
     push 0
     push 0x80
     jmp isr_common
@@ -293,8 +523,7 @@ exception:
 
 timer_interrupt:
     inc dword [ticks]
-    mov al, 0x20                    ; end of interrupt
-    out PIC_COMMAND, al
+    end_of_interrupt
     call wake_sleepers
     call schedule                   ; preempt: round robin
     jmp return_to_process
@@ -302,14 +531,14 @@ timer_interrupt:
 return_to_process:
     popad
     add esp, 8                      ; vector and error code
-    iret
+    return_from_interrupt
 
 ; ---- the scheduler ---------------------------------------------------------------------
 ; schedule: save the current process's kernel stack, pick the next READY process after it
 ; (round robin), switch to its stack and address space. Returns on the new stack.
 schedule:
-    pushfd                          ; like Linux's spin_lock_irqsave
-    cli
+    irq_save                        ; like Linux's spin_lock_irqsave
+    irq_disable
     mov ebx, [current]
     mov [ebx+P_ESP], esp
     mov ecx, MAX_PROCS
@@ -332,12 +561,12 @@ schedule:
     je .done
     mov [current], edx
     mov eax, [edx+P_KSTACK]
-    mov [tss+4], eax                ; ESP0 for the next entry from ring 3
+    set_kernel_stack eax            ; ESP0 for the next entry from ring 3
     mov eax, [edx+P_CR3]
-    mov cr3, eax
+    load_cr3 eax
     mov esp, [edx+P_ESP]
 .done:
-    popfd                           ; like spin_unlock_irqrestore
+    irq_restore                     ; like spin_unlock_irqrestore
     ret
 
 ; any_ready -> EAX = 1 when some process (not the idle loop) is READY, else 0.
@@ -396,8 +625,13 @@ sys_write:
     cmp eax, esi
     jb .bad
     mov [ebp+F_EAX], ecx
-    pushfd                          ; spin_lock_irqsave(&console_lock)
-    cli
+    irq_save                        ; spin_lock_irqsave(&console_lock)
+    irq_disable
+%ifdef PARAVIRT
+    mov edx, esi                    ; the whole buffer in one hypercall
+    mov ebx, CONSOLEIO_write
+    hypercall HYPERVISOR_console_io
+%else
     test ecx, ecx
     jz .done
 .out:
@@ -405,7 +639,8 @@ sys_write:
     out CONSOLE_PORT, al
     loop .out
 .done:
-    popfd                           ; spin_unlock_irqrestore(&console_lock)
+%endif
+    irq_restore                     ; spin_unlock_irqrestore(&console_lock)
     jmp return_to_process
 .bad:
     mov dword [ebp+F_EAX], -1
@@ -475,7 +710,12 @@ sys_map:
     test eax, eax
     jz .bad
     or eax, PTE_PRESENT | PTE_WRITE | PTE_USER
+%ifdef PARAVIRT
+    call pv_queue_mmu               ; the PTE at EDI (its physical address: the kernel is
+    call pv_flush                   ; mapped 1:1) gets EAX
+%else
     mov [edi], eax
+%endif
     mov dword [ebp+F_EAX], 0
     jmp return_to_process
 .bad:
@@ -490,9 +730,16 @@ sys_unmap:
     mov eax, [edi]
     test eax, PTE_PRESENT
     jz .bad
+%ifdef PARAVIRT
+    push eax
+    mov ebx, [ebp+F_EBX]
+    call pv_clear_pte               ; the PTE at EDI, and the TLB entry of EBX
+    pop eax
+%else
     mov dword [edi], 0
     mov ebx, [ebp+F_EBX]
     invlpg [ebx]
+%endif
     and eax, 0xfffff000
     call free_frame
     mov dword [ebp+F_EAX], 0
@@ -568,6 +815,10 @@ create_process:
     jz .fail
     or eax, PTE_PRESENT | PTE_WRITE | PTE_USER
     mov [ebx + 4 * 1023], eax
+%ifdef PARAVIRT
+    mov eax, [esi+P_CR3]            ; the directory and the user table are page tables
+    call pv_pin_address_space       ; now: read-only, checked and pinned by the VMM
+%endif
     ; a kernel stack, with the frame that its first return to user mode pops
     call alloc_frame
     test eax, eax
@@ -662,11 +913,18 @@ free_address_space:
     inc ecx
     jmp .page
 .table:
+%ifdef PARAVIRT
+    mov eax, esi                    ; unpin the directory and its table, writable again
+    call pv_unpin_address_space     ; (and run on the kernel's own directory)
+    mov eax, edi
+    call free_frame
+%else
     mov eax, edi
     call free_frame
     ; switch to the kernel's own directory before freeing this one
     mov eax, kernel_page_directory
     mov cr3, eax
+%endif
     mov eax, esi
     call free_frame
     pop ebx
@@ -740,14 +998,14 @@ free_frame:
 
 ; ---- the console and panics --------------------------------------------------------------
 kputc:
-    out CONSOLE_PORT, al
+    console_putc
     ret
 
 kputs:                              ; ESI = a zero-terminated string
     lodsb
     test al, al
     jz .done
-    out CONSOLE_PORT, al
+    console_putc
     jmp kputs
 .done:
     ret
@@ -761,7 +1019,7 @@ kputhex:                            ; EAX, as 8 hex digits
     mov dl, [hex_digits + edx]
     push eax
     mov al, dl
-    out CONSOLE_PORT, al
+    console_putc
     pop eax
     loop .digit
     ret
@@ -778,7 +1036,7 @@ kputdec:                            ; EAX, unsigned, in decimal
 .last:
     mov al, dl
     add al, '0'
-    out CONSOLE_PORT, al
+    console_putc
     ret
 
 kernel_panic:
@@ -787,7 +1045,7 @@ kernel_panic:
     kprint msg_eip, [ebp+F_EIP], kputhex
     mov esi, msg_cr2
     call kputs
-    mov eax, cr2
+    read_fault_address
     call kputhex
     kprint msg_regs, [ebp+F_EAX], kputhex
     mov al, ' '
@@ -805,24 +1063,246 @@ kernel_panic:
     mov al, 10
     call kputc
     mov al, 2
-    out EXIT_PORT, al
-    cli
-    hlt
+    power_off
+    irq_disable
+    safe_halt
 
 panic_message:
     call kputs
     mov al, 2
-    out EXIT_PORT, al
-    cli
-    hlt
+    power_off
+    irq_disable
+    safe_halt
 
 shutdown:
     mov esi, msg_halt
     call kputs
     xor eax, eax
-    out EXIT_PORT, al
-    cli
-    hlt
+    power_off
+    irq_disable
+    safe_halt
+
+%ifdef PARAVIRT
+; ---- paravirtual helpers: the hypercalls behind the macros ------------------------------
+; Page-table updates and context switches are queued and sent together in one multicall:
+; one exit for the lot (built with PARAVIRT_UNBATCHED, one hypercall each, to compare).
+MC_SIZE   equ 28                    ; a multicall entry: op, five arguments, result
+MAX_BATCH equ 8
+
+pv_force_event:                     ; events unmasked with one pending: let the VMM in
+    push eax
+    hypercall HYPERVISOR_xen_version
+    pop eax
+    ret
+
+pv_putc:                            ; AL to the console
+    push eax
+    push ebx
+    push ecx
+    push edx
+    mov [console_byte], al
+    mov ebx, CONSOLEIO_write
+    mov ecx, 1
+    mov edx, console_byte
+    hypercall HYPERVISOR_console_io
+    pop edx
+    pop ecx
+    pop ebx
+    pop eax
+    ret
+
+pv_queue:                           ; EAX = hypercall, EBX ECX EDX = its arguments
+    push edi
+    mov edi, [batch_count]
+    cmp edi, MAX_BATCH
+    jb .room
+    call pv_flush                   ; (full: send what is there first)
+    xor edi, edi
+.room:
+    imul edi, edi, MC_SIZE
+    add edi, multicall_batch
+    mov [edi], eax
+    mov [edi + 4], ebx
+    mov [edi + 8], ecx
+    mov [edi + 12], edx
+    inc dword [batch_count]
+    pop edi
+    ret
+
+pv_request:                         ; EBX = the next request slot (two dwords)
+    mov ebx, [batch_count]
+    cmp ebx, MAX_BATCH
+    jb .room
+    call pv_flush
+    xor ebx, ebx
+.room:
+    lea ebx, [pv_requests + ebx*8]
+    ret
+
+pv_queue_mmu:                       ; the page-table entry at EDI gets EAX
+    push eax
+    push ebx
+    push ecx
+    push edx
+    call pv_request
+    mov [ebx], edi
+    mov [ebx + 4], eax
+    mov ecx, 1
+    xor edx, edx
+    mov eax, HYPERVISOR_mmu_update
+    call pv_queue
+    pop edx
+    pop ecx
+    pop ebx
+    pop eax
+    ret
+
+pv_queue_mmuext:                    ; EAX = MMUEXT_ command, EDX = its frame or address
+    push eax
+    push ebx
+    push ecx
+    push edx
+    call pv_request
+    mov [ebx], eax
+    mov [ebx + 4], edx
+    mov ecx, 1
+    xor edx, edx
+    mov eax, HYPERVISOR_mmuext_op
+    call pv_queue
+    pop edx
+    pop ecx
+    pop ebx
+    pop eax
+    ret
+
+pv_queue_stack_switch:              ; ECX = the kernel stack's top
+    push eax
+    push ebx
+    mov ebx, KERNEL_DATA
+    mov eax, HYPERVISOR_stack_switch
+    call pv_queue
+    pop ebx
+    pop eax
+    ret
+
+pv_flush:                           ; send what is queued
+    push eax
+    push ebx
+    push ecx
+    push edx
+%ifdef PARAVIRT_UNBATCHED
+    push esi
+    mov esi, multicall_batch
+.next:
+    cmp dword [batch_count], 0
+    je .sent
+    mov eax, [esi]
+    mov ebx, [esi + 4]
+    mov ecx, [esi + 8]
+    mov edx, [esi + 12]
+    vmcall
+    add esi, MC_SIZE
+    dec dword [batch_count]
+    jmp .next
+.sent:
+    pop esi
+%else
+    mov ecx, [batch_count]
+    test ecx, ecx
+    jz .sent
+    mov ebx, multicall_batch
+    hypercall HYPERVISOR_multicall
+    mov dword [batch_count], 0
+.sent:
+%endif
+    pop edx
+    pop ecx
+    pop ebx
+    pop eax
+    ret
+
+pv_clear_pte:                       ; EDI = a PTE to clear, EBX = the page it mapped
+    push eax
+    push edx
+    xor eax, eax
+    call pv_queue_mmu
+    mov eax, MMUEXT_INVLPG_LOCAL
+    mov edx, ebx
+    call pv_queue_mmuext
+    call pv_flush
+    pop edx
+    pop eax
+    ret
+
+pv_pin_address_space:               ; EAX = a new process's page directory
+    push eax
+    push ebx
+    push edx
+    push edi
+    mov ebx, [eax + 4]              ; its user page table
+    and ebx, 0xfffff000
+    mov edx, eax
+    mov edi, eax                    ; both read-only in the kernel's own map ...
+    shr edi, 12
+    lea edi, [kernel_page_table + edi*4]
+    or eax, PTE_PRESENT
+    call pv_queue_mmu
+    mov eax, ebx
+    mov edi, eax
+    shr edi, 12
+    lea edi, [kernel_page_table + edi*4]
+    or eax, PTE_PRESENT
+    call pv_queue_mmu
+    push edx                        ; ... then pinned: the table, then the directory
+    mov edx, ebx
+    mov eax, MMUEXT_PIN_L1_TABLE
+    call pv_queue_mmuext
+    pop edx
+    mov eax, MMUEXT_PIN_L2_TABLE
+    call pv_queue_mmuext
+    call pv_flush
+    pop edi
+    pop edx
+    pop ebx
+    pop eax
+    ret
+
+pv_unpin_address_space:             ; EAX = a dying process's page directory
+    push eax
+    push ebx
+    push edx
+    push edi
+    mov ebx, [eax + 4]              ; its user page table
+    and ebx, 0xfffff000
+    push eax
+    mov eax, MMUEXT_NEW_BASEPTR     ; run on the kernel's own directory
+    mov edx, kernel_page_directory
+    call pv_queue_mmuext
+    pop edx
+    mov eax, MMUEXT_UNPIN_TABLE     ; unpin the directory, then the table
+    call pv_queue_mmuext
+    push edx
+    mov edx, ebx
+    call pv_queue_mmuext
+    pop eax                         ; both writable again in the kernel's map
+    mov edi, eax
+    shr edi, 12
+    lea edi, [kernel_page_table + edi*4]
+    or eax, PTE_PRESENT | PTE_WRITE
+    call pv_queue_mmu
+    mov eax, ebx
+    mov edi, eax
+    shr edi, 12
+    lea edi, [kernel_page_table + edi*4]
+    or eax, PTE_PRESENT | PTE_WRITE
+    call pv_queue_mmu
+    call pv_flush
+    pop edi
+    pop edx
+    pop ebx
+    pop eax
+    ret
+%endif
 
 ; Everything above is code, everything below data (a VMM's scanner reads the kernel's
 ; text from start to text_end, as a loader would read an ELF's .text section).
@@ -873,6 +1353,15 @@ free_list:      dd 0
 dead_stack:     dd 0
 procs:          times MAX_PROCS * P_SIZE db 0
 tss:            times 0x68 db 0
+%ifdef PARAVIRT
+vcpu_info:      db 0, 1, 0, 0       ; pending, mask (events masked until the idle loop)
+                dd 0, 0, 0          ; pending channels, CR2, (padding)
+trap_table:     times 22 * 8 db 0
+console_byte:   db 0
+batch_count:    dd 0
+multicall_batch: times MAX_BATCH * MC_SIZE db 0
+pv_requests:    times MAX_BATCH * 8 db 0
+%endif
 
     times (4096 - ($ - $$) % 4096) % 4096 db 0    ; page-align (org is page-aligned)
 kernel_page_directory: times 1024 dd 0
