@@ -30,7 +30,7 @@ from vm.machine import vector_name
 if TYPE_CHECKING:
     from vm.hypervisor.trap_emulate import TrapEmulateVM
 
-VECTOR_DF, VECTOR_TS, VECTOR_NP, VECTOR_GP = 8, 10, 11, 13
+VECTOR_DF, VECTOR_NP, VECTOR_GP = 8, 11, 13
 GATE_INTERRUPT, GATE_TRAP = 0xE, 0xF
 NT_RF_VM = 0x4000 | 0x10000 | 0x20000  # cleared by delivery, with TF
 
@@ -38,19 +38,28 @@ NT_RF_VM = 0x4000 | 0x10000 | 0x20000  # cleared by delivery, with TF
 class Reflector:
     """Delivers events into the guest kernel of one VM (see the module's docstring).
 
-    The guest kernel runs at ``kernel_ring`` (ring compression: 1) and believes it runs
-    at ring 0; the selectors it loads and sees say 0 where the CPU holds ``kernel_ring``
-    (vm.hypervisor.ring_compression's rule, written out here: delivery is the hottest path
-    of a VMM, and a call less is a microsecond less per system call).
+    The VM says where a vector's gate is (``vm.gate(vector)``: the guest's IDT, or a
+    paravirtual guest's trap table) and which stack an inner ring gets
+    (``vm.inner_stack(cpl)``: the guest's TSS, or what the guest told the VMM). Its kernel
+    runs at ``kernel_ring`` (1); the CPL whose gates it may use is ``vm.believed_cpl``.
+    Under ring compression (``compress_selectors``) the guest sees RPL 0 where the CPU
+    holds ``kernel_ring``, so the frames it finds carry its view (a paravirtual guest knows
+    its ring and sees the CPU's selectors). These rules are written out here, not called:
+    delivery is the hottest path of a VMM, and a call less is a microsecond less per
+    system call.
     """
 
-    def __init__(self, vm: TrapEmulateVM, kernel_ring: int = 1) -> None:
+    def __init__(self, vm: TrapEmulateVM, kernel_ring: int = 1, compress: bool = True) -> None:
         self.vm = vm
         self.cpu = vm.cpu
         self.vcpu = vm.vcpu
         self.memory = vm.memory
         self.descriptors = vm.descriptors
         self.kernel_ring = kernel_ring
+        self.seen_ring = kernel_ring if compress else -1  # the RPL shown as 0 (-1: none)
+        self.believed_cpl = vm.believed_cpl
+        self.gate = vm.gate
+        self.inner_stack = vm.inner_stack
         self.emulation = vm.cost.emulation  # what a delivery costs the VMM
 
     def deliver(
@@ -100,13 +109,10 @@ class Reflector:
         cpu, vcpu, memory, ring = self.cpu, self.vcpu, self.memory, self.kernel_ring
         ext = 0 if software else 1
         gate_error = vector * 8 + 2 + ext
-        base, limit = vcpu.idtr
-        if vector * 8 + 7 > limit:
-            raise GuestFault(VECTOR_GP, gate_error)
-        low, high = memory.read_dwords(base + 8 * vector, 2)
+        low, high = self.gate(vector, gate_error)
         gate_type = (high >> 8) & 0x1F
         cs = cpu.cs
-        cpl = 0 if cs & 3 == ring else cs & 3  # the CPL the guest believes it runs at
+        cpl = self.believed_cpl[cs & 3]
         if gate_type != GATE_INTERRUPT and gate_type != GATE_TRAP:
             raise GuestFault(VECTOR_GP, gate_error)
         if software and cpl > (high >> 13) & 3:
@@ -119,14 +125,13 @@ class Reflector:
             raise GuestFault(VECTOR_GP, (selector & 0xFFFC) + ext)
         eflags = cpu.eflags
         guest_eflags = eflags & ~FLAG_IF | (FLAG_IF if vcpu.vif else 0)
-        guest_cs = cs & ~3 if cs & 3 == ring else cs
+        seen = self.seen_ring
+        guest_cs = cs & ~3 if cs & 3 == seen else cs
         esp, new_ss = cpu.esp, -1
         if new_cpl < cpl:  # to an inner ring: the stack the guest's TSS gives for it
-            if vcpu.tr == 0:
-                raise GuestFault(VECTOR_TS, ext)
-            esp, new_ss = memory.read_dwords(vcpu.tss_base + 4 + 8 * new_cpl, 2)
+            esp, new_ss = self.inner_stack(new_cpl, ext)
             ss = cpu.ss
-            frame = [ss & ~3 if ss & 3 == ring else ss, cpu.esp, guest_eflags, guest_cs, return_eip]
+            frame = [ss & ~3 if ss & 3 == seen else ss, cpu.esp, guest_eflags, guest_cs, return_eip]
         else:
             frame = [guest_eflags, guest_cs, return_eip]
         if error >= 0 and not software:

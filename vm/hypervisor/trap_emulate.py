@@ -51,7 +51,7 @@ F, SI, IRQ, BP = (
     ExitReason.INTERRUPT,
     ExitReason.BREAKPOINT,
 )
-VECTOR_BP, VECTOR_GP, VECTOR_PF = 3, 13, 14
+VECTOR_BP, VECTOR_TS, VECTOR_GP, VECTOR_PF = 3, 10, 13, 14
 ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17})  # exceptions that push one
 REFLECT_TEXT = [f"{vector_name(v)} to the guest kernel" for v in range(256)]
 SYSCALL_TEXT = [f"{vector_name(v, software=True)} to the guest kernel" for v in range(256)]
@@ -249,6 +249,22 @@ class TrapEmulateVM(VM):
         raise VMStopped("hang", message)
 
     # ---- delivering to the guest ---------------------------------------------------------------
+    def gate(self, vector: int, error: int) -> tuple[int, int]:
+        """The guest's IDT gate for vector (#GP(error) beyond its IDT's limit)."""
+        base, limit = self.vcpu.idtr
+        if vector * 8 + 7 > limit:
+            raise GuestFault(VECTOR_GP, error)
+        low, high = self.memory.read_dwords(base + 8 * vector, 2)
+        return low, high
+
+    def inner_stack(self, cpl: int, ext: int) -> tuple[int, int]:
+        """(ESP, SS) of ring cpl, from the guest's TSS (#TS(ext) when it loaded none)."""
+        v = self.vcpu
+        if v.tr == 0:
+            raise GuestFault(VECTOR_TS, ext)
+        esp, ss = self.memory.read_dwords(v.tss_base + 4 + 8 * cpl, 2)
+        return esp, ss
+
     def reflect(
         self, vector: int, error: int, return_eip: int, software: bool = False, length: int = 0
     ) -> int:
