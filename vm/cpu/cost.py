@@ -42,6 +42,7 @@ class CostModel:
     shadow_update: int = 12733  # emulate a guest page-table write (hardware VMM, ptemod)
     emulation: int = 500  # decode and emulate one instruction in the VMM
     bt_callout: int = 391  # a binary-translated callout instead of a trap (ptemod, BT)
+    hypercall_item: int = 150  # the VMM's work per request of a batched hypercall
     sources: tuple[tuple[str, str], ...] = ()
 
     def apply(self, state: np.ndarray) -> None:
@@ -60,6 +61,7 @@ _BASE_SOURCES = (
     ("page_walk", ILLUSTRATIVE),
     ("io", ILLUSTRATIVE),
     ("emulation", ILLUSTRATIVE),
+    ("hypercall_item", ILLUSTRATIVE),
 )
 
 

@@ -31,8 +31,6 @@ EXIT_DEVICE_PORT = 0xF4  # the guest writes its exit status here (0 = clean shut
 class Board:
     """The console and the exit device: what every mode, bare metal included, provides."""
 
-    devices = None  # (a VirtualBoard's interrupt controller and timer)
-
     def __init__(self) -> None:
         self.console = Console()
         self.exit_status: int | None = None  # what the guest wrote to the exit device

@@ -283,6 +283,7 @@ class TrapEmulateVM(VM):
         if not (self.vcpu.vif or self.cpu.cs & 3 == 3):
             return None
         vector = self.board.acknowledge()
+        self.events_waiting = self.board.waiting  # (more requested: still waiting)
         if vector < 0:
             return None
         self.acct.injected += 1
@@ -362,6 +363,7 @@ class TrapEmulateVM(VM):
         irq = self.cpu.exit_vector - self.cpu.pic_vector_base
         if not self.board.request(irq):
             self.acct.lost_ticks += 1
+        self.events_waiting = True
         return None, "tick", self.trap_cycles, f"timer tick (virtual IRQ {irq} pending)"
 
     def watched_popf(self) -> Outcome:

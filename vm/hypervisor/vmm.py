@@ -226,6 +226,7 @@ class VM:
         self.acct = Accounting()
         self.stopped: VMStopped | None = None
         self.step_guard: StepGuard | None = None
+        self.events_waiting = False  # at entry: a virtual interrupt may wait (ask the mode)
         self.idle_until = -1  # at entry: the vCPU idles until this cycle (a halted guest)
         self.arm_timer = 0  # at entry: start the real timer with this period (cycles)
         self.enter = core_run  # the core's run(); a benchmark may wrap it to time exits
@@ -438,8 +439,7 @@ class VM:
         self.events.add(instruction, cycle, kind, eip, cpl, action, cost, text)
         cpu.cycles += cost  # the VMM's time passes on the guest's clock
         acct.vmm_cycles += cost
-        devices = self.board.devices
-        if self.idle_until >= 0 or self.arm_timer or (devices is not None and devices.pic_irr):
+        if self.idle_until >= 0 or self.arm_timer or self.events_waiting:
             self.enter_guest(0)
         if self.after_exit is not None and self.step_guard is None:
             self.after_exit()
@@ -458,9 +458,8 @@ class VM:
         if self.arm_timer:
             self.start_timer(self.arm_timer)
             self.arm_timer = 0
-        devices = self.board.devices
-        if devices is not None and devices.pic_irr and self.step_guard is None:
-            outcome = self.inject_pending()  # (an IRQ is waiting in the guest's controller)
+        if self.events_waiting and self.step_guard is None:
+            outcome = self.inject_pending()  # (the mode's virtual interrupt may be taken)
             if outcome is not None:
                 kind, action, cost, text = outcome
                 self.note(kind, action, text, cost)
@@ -478,7 +477,9 @@ class VM:
 
     # ---- what modes override ---------------------------------------------------------------------
     def inject_pending(self) -> Outcome:
-        """At VM entry: deliver a waiting virtual interrupt if the guest can take it."""
+        """At VM entry, with ``events_waiting``: deliver a waiting virtual interrupt if the
+        guest can take it (and clear ``events_waiting`` when none waits any more)."""
+        self.events_waiting = False
         return None
 
     def start_timer(self, period: int) -> None:
@@ -552,7 +553,7 @@ class VM:
             "acct": copy.deepcopy(self.acct),
             "stopped": self.stopped,
             "step_guard": copy.deepcopy(self.step_guard),
-            "timing": (self.idle_until, self.arm_timer),
+            "timing": (self.idle_until, self.arm_timer, self.events_waiting),
         }
 
     def load_monitor(self, saved: dict[str, object]) -> None:
@@ -562,7 +563,7 @@ class VM:
         self.acct = copy.deepcopy(saved["acct"])
         self.stopped = saved["stopped"]
         self.step_guard = copy.deepcopy(saved["step_guard"])
-        self.idle_until, self.arm_timer = saved["timing"]
+        self.idle_until, self.arm_timer, self.events_waiting = saved["timing"]
 
 
 class Pause(Exception):  # (it is how a run pauses, not an error)
