@@ -1,26 +1,60 @@
 """NASM's preprocessor, the part vmlab uses.
 
-%define (with and without parameters), %undef, %assign, %ifdef / %ifndef / %if /
+%define (with and without parameters), %xdefine, %undef, %assign, %ifdef / %ifndef / %if /
 %elif / %else / %endif, %macro / %endmacro with %1..%N, %0 and %%local labels,
 %include, %error. Produces the logical lines the assembler sees, each remembering the
 file and line it came from.
+
+Macros expand as in NASM: a single-line macro is not expanded again inside its own
+expansion or its own arguments (``%define X X X`` gives ``X X``), and a multi-line macro
+is not expanded inside its own expansion (a call of it there is left as an ordinary line,
+so a ``%macro push 1`` can use the PUSH instruction). What a source may cost is bounded
+by vm.asm.limits.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from vm.asm import limits
 from vm.asm.errors import AsmError, Location
 from vm.asm.lexer import Expression, tokenize
 
-MAX_INCLUDE_DEPTH = 32
-MAX_MACRO_DEPTH = 64
-MAX_EXPANSION = 1000  # substitutions of single-line macros in one line
-MAX_LINES = 2_000_000  # a runaway expansion stops here
-
 _IDENT = re.compile(r"[A-Za-z_.?@$][A-Za-z0-9_.?@$#~]*")
+# A line in pieces for %define expansion: strings, the comment, identifiers that can name a
+# macro (not right after a letter, digit, '_' or '%'), blanks, and everything else.
+_PIECES = re.compile(
+    r"(?P<str>'[^']*'?|\"[^\"]*\"?|`(?:[^`\\]|\\.)*`?)"
+    r"|(?P<comment>;.*)"
+    r"|(?P<id>(?<![\w%])[A-Za-z_.?@$][A-Za-z0-9_.?@$#~]*)"
+    r"|(?P<blank>[ \t]+)"
+    r"|(?P<other>[\w%]+|.)",
+    re.S,
+)
+_PARAM = re.compile(r"%([0-9]+)")
+_PARAM_COUNT = re.compile(r"%0\b")
+_NO_HIDE: frozenset[str] = frozenset()
+
+# A piece of a line being expanded: its text, its kind (a _PIECES group name), the macros
+# it may no longer expand (those whose expansion it came from), and the column of the
+# original text it came from (for errors).
+Piece = tuple[str, str, frozenset, int]
+
+
+@dataclass
+class Define:
+    """A single-line macro: its parameters (None: none, not even parentheses) and body."""
+
+    params: list[str] | None
+    body: str
+    pieces: list[tuple[str, str, int]]  # text, kind, parameter number (-1: none)
+    size: int  # characters in the body
+
+    def __post_init__(self) -> None:
+        self.reversed = self.pieces[::-1]
 
 
 @dataclass
@@ -37,101 +71,206 @@ def split_args(text: str) -> list[str]:
     args = []
     depth = 0
     quote = ""
-    current = ""
-    for c in text:
+    start = 0
+    end = len(text)
+    for i, c in enumerate(text):
         if quote:
-            current += c
             if c == quote:
                 quote = ""
-            continue
-        if c in "'\"`":
+        elif c in "'\"`":
             quote = c
         elif c in "([{":
             depth += 1
         elif c in ")]}":
             depth -= 1
         elif c == "," and depth == 0:
-            args.append(current.strip())
-            current = ""
-            continue
+            args.append(text[start:i].strip())
+            start = i + 1
         elif c == ";":
+            end = i
             break
-        current += c
-    if current.strip() or args:
-        args.append(current.strip())
+    current = text[start:end].strip()
+    if current or args:
+        args.append(current)
     return [a[1:-1] if a.startswith("{") and a.endswith("}") else a for a in args]
+
+
+def _strip(arg: list[Piece]) -> list[Piece]:
+    """An argument without blanks around it, nor the braces that may wrap it ({a, b})."""
+    start, end = 0, len(arg)
+    while start < end and arg[start][1] == "blank":
+        start += 1
+    while end > start and arg[end - 1][1] == "blank":
+        end -= 1
+    if end - start >= 2 and arg[start][0] == "{" and arg[end - 1][0] == "}":
+        start, end = start + 1, end - 1
+    return arg[start:end]
+
+
+def _make_define(params: list[str] | None, body: str) -> Define:
+    pieces = []
+    for m in _PIECES.finditer(body):
+        text, kind = m.group(0), m.lastgroup
+        number = params.index(text) if kind == "id" and params and text in params else -1
+        pieces.append((text, kind, number))
+    return Define(params, body, pieces, len(body))
+
+
+class _LineExpansion:
+    """Counters for the %define expansion of one line."""
+
+    __slots__ = ("added", "budget", "count", "loc")
+
+    def __init__(self, loc: Location, budget: limits.Budget) -> None:
+        self.loc = loc
+        self.budget = budget
+        self.count = 0
+        self.added = 0
+
+    def expanded(self, name: str, column: int) -> None:
+        self.budget.spend(limits.WORK_EXPANSION, self.loc, column)
+        self.count += 1
+        if self.count > limits.MAX_DEFINE_EXPANSIONS:
+            message = (
+                f"single-line macros expand more than {limits.MAX_DEFINE_EXPANSIONS:,} times "
+                f"in this line (at '{name}')"
+            )
+            raise self.loc.error(message, column)
+
+    def add(self, size: int, column: int) -> None:
+        self.added += size
+        if self.added > limits.MAX_LINE:
+            message = (
+                f"%define expansions add more than {limits.MAX_LINE:,} characters to this line"
+            )
+            raise self.loc.error(message, column)
 
 
 class Preprocessor:
     """Turns source files into logical lines."""
 
-    def __init__(self, include_paths=(), defines: dict[str, str | int] | None = None) -> None:
+    def __init__(
+        self,
+        include_paths=(),
+        defines: dict[str, str | int] | None = None,
+        budget: limits.Budget | None = None,
+    ) -> None:
         self.include_paths = [Path(p) for p in include_paths]
-        self.defines: dict[str, tuple[list[str] | None, str]] = {}
+        self.defines: dict[str, Define] = {}
         for name, value in (defines or {}).items():
-            self.defines[name] = (None, str(value))
+            self.defines[name] = _make_define(None, str(value))
         self.macros: dict[str, Macro] = {}
         self.out: list[Location] = []
         self.unique = 0
         self.includes: list[str] = []
+        self.budget = budget or limits.Budget()
+        self.expanding: set[str] = set()  # multi-line macros being expanded now
+        self.macro_calls = 0
+        self.source_size = 0
+        self.lines_read = 0
+        self.expanded_size = 0
+        self._hidden: dict[tuple[frozenset, str], frozenset] = {}  # hide sets, made once
 
     # ---- single-line macros --------------------------------------------------------------
     def substitute(self, text: str, loc: Location) -> str:
-        """Replace %define'd names in a line (not inside strings)."""
-        for _ in range(MAX_EXPANSION):
-            changed = False
-            out = []
-            i = 0
-            while i < len(text):
-                c = text[i]
-                if c == ";":
-                    out.append(text[i:])
+        """Replace %define'd names in a line (not inside strings or the comment)."""
+        defines = self.defines
+        if not defines or not any(word in defines for word in _IDENT.findall(text)):
+            return text
+        pieces = [
+            (m.group(0), m.lastgroup, _NO_HIDE, m.start() + 1) for m in _PIECES.finditer(text)
+        ]
+        out = self._expand(pieces, _LineExpansion(loc, self.budget), 0)
+        return "".join(piece[0] for piece in out)
+
+    def _expand(self, pieces: list[Piece], line: _LineExpansion, depth: int) -> list[Piece]:
+        """Expand the macros in pieces, rescanning each expansion with what follows it."""
+        out: list[Piece] = []
+        pending = pieces[::-1]  # a stack: the next piece is at the end
+        while pending:
+            piece = pending.pop()
+            name, kind, hide, column = piece
+            define = self.defines.get(name) if kind == "id" else None
+            if define is None or name in hide:
+                out.append(piece)
+                continue
+            args = None
+            if define.params is not None:
+                args = self._arguments(pending, name, line.loc, column)
+                if args is None:  # the name alone, without arguments: not a call
+                    out.append(piece)
+                    continue
+                if len(args) != len(define.params):
+                    message = f"{name} takes {len(define.params)} arguments, not {len(args)}"
+                    raise line.loc.error(message, column)
+            line.expanded(name, column)
+            hidden = self._hidden.get((hide, name))
+            if hidden is None:
+                hidden = self._hidden[hide, name] = hide | {name}
+            if args is None:
+                line.add(define.size, column)
+                pending += [(text, kind, hidden, column) for text, kind, _ in define.reversed]
+                continue
+            if depth >= limits.MAX_DEFINE_DEPTH:
+                message = f"single-line macro calls nest deeper than {limits.MAX_DEFINE_DEPTH}"
+                raise line.loc.error(message, column)
+            values = []
+            for arg in args:  # arguments expand first, with this macro already hidden
+                arg = [(t, k, h | hidden if h else hidden, c) for t, k, h, c in arg]
+                values.append(self._expand(arg, line, depth + 1))
+            expansion: list[Piece] = []
+            for text, kind, number in define.pieces:
+                if number < 0:
+                    line.add(len(text), column)
+                    expansion.append((text, kind, hidden, column))
+                else:
+                    line.add(sum(len(p[0]) for p in values[number]), column)
+                    expansion += values[number]
+            pending.extend(reversed(expansion))
+        return out
+
+    @staticmethod
+    def _arguments(
+        pending: list[Piece], name: str, loc: Location, column: int
+    ) -> list[list[Piece]] | None:
+        """Take a call's arguments, "(a, b)", off the pending pieces; None if none follow."""
+        k = len(pending) - 1
+        while k >= 0 and pending[k][1] == "blank":
+            k -= 1
+        if k < 0 or pending[k][0] != "(":
+            return None
+        args: list[list[Piece]] = [[]]
+        parens = 0  # open ( inside the call's parentheses
+        nest = 0  # open ( [ { (a comma inside them does not separate arguments)
+        j = k - 1
+        while j >= 0:
+            piece = pending[j]
+            text, kind = piece[0], piece[1]
+            if kind == "comment":
+                j = -1
+                break
+            if kind == "other" and len(text) == 1:
+                if text == ")" and parens == 0:
                     break
-                if c in "'\"`":
-                    end = text.find(c, i + 1)
-                    end = len(text) if end < 0 else end + 1
-                    out.append(text[i:end])
-                    i = end
+                if text == "(":
+                    parens += 1
+                elif text == ")":
+                    parens -= 1
+                if text in "([{":
+                    nest += 1
+                elif text in ")]}":
+                    nest -= 1
+                elif text == "," and nest == 0:
+                    args.append([])
+                    j -= 1
                     continue
-                m = _IDENT.match(text, i)
-                if m and (i == 0 or not (text[i - 1].isalnum() or text[i - 1] in "_%")):
-                    name = m.group(0)
-                    i = m.end()
-                    if name in self.defines:
-                        params, body = self.defines[name]
-                        if params is None:
-                            out.append(body)
-                            changed = True
-                            continue
-                        if i < len(text) and text[i] == "(":
-                            depth, j = 0, i
-                            while j < len(text):
-                                depth += text[j] == "("
-                                depth -= text[j] == ")"
-                                if depth == 0:
-                                    break
-                                j += 1
-                            if depth:
-                                raise loc.error(f"unterminated arguments of {name}", i + 1)
-                            args = split_args(text[i + 1 : j])
-                            if len(args) != len(params):
-                                message = f"{name} takes {len(params)} arguments, not {len(args)}"
-                                raise loc.error(message, i + 1)
-                            expanded = body
-                            for p, a in zip(params, args, strict=True):
-                                expanded = re.sub(rf"\b{re.escape(p)}\b", a, expanded)
-                            out.append(expanded)
-                            i = j + 1
-                            changed = True
-                            continue
-                    out.append(name)
-                    continue
-                out.append(c)
-                i += 1
-            text = "".join(out)
-            if not changed:
-                return text
-        raise loc.error("a %define expands without end")
+            args[-1].append(piece)
+            j -= 1
+        if j < 0:
+            raise loc.error(f"unterminated arguments of {name}", pending[k][3])
+        del pending[j:]
+        args = [_strip(arg) for arg in args]
+        return [] if args == [[]] else args
 
     def evaluate(self, text: str, loc: Location, column: int) -> int:
         """A %if / %assign expression (numbers and defines only)."""
@@ -153,41 +292,73 @@ class Preprocessor:
         return self.out
 
     def run_text(self, text: str, filename: str) -> list[Location]:
+        self.count_source(len(text), Location(filename, 1, ""))
         self.process(text.split("\n"), filename, Path(filename).parent, depth=0)
         return self.out
 
-    def include(self, path: Path, loc: Location | None, depth: int = 0) -> None:
+    def count_source(self, size: int, loc: Location, column: int = 1) -> None:
+        self.source_size += size
+        self.budget.allow(size)
+        if self.source_size > limits.MAX_SOURCE:
+            message = f"the source is larger than {limits.MAX_SOURCE >> 20} MiB"
+            raise loc.error(message + (" with its includes" if self.includes else ""), column)
+
+    def include(self, path: Path, loc: Location | None, depth: int = 0, column: int = 1) -> None:
         name = str(path)
+        where = loc or Location(name, 0, "")
         if name in self.includes:
-            raise (loc.error if loc else AsmError)(f"'{path.name}' includes itself")
-        if depth > MAX_INCLUDE_DEPTH:
-            raise loc.error("%include nests too deep")
+            raise where.error(f"'{path.name}' includes itself", column)
+        if depth > limits.MAX_INCLUDE_DEPTH:
+            raise where.error("%include nests too deep", column)
         try:
+            if self.source_size + path.stat().st_size > limits.MAX_SOURCE:
+                self.count_source(path.stat().st_size, where, column)
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
-            if loc is None:
-                raise AsmError(f"cannot read {path}: {error}", str(path)) from None
-            raise loc.error(f"cannot read {path}: {error}") from None
+            raise where.error(f"cannot read {path}: {error}", column) from None
+        self.count_source(len(text), where, column)
         self.includes.append(name)
         self.process(text.split("\n"), name, path.parent, depth)
         self.includes.pop()
 
     def find_include(self, name: str, here: Path, loc: Location, column: int) -> Path:
         for folder in [here, *self.include_paths]:
-            candidate = folder / name
-            if candidate.is_file():
-                return candidate.resolve()
+            try:
+                candidate = folder / name
+                if candidate.is_file():
+                    return candidate.resolve()
+            except (OSError, ValueError):  # a name the file system cannot take
+                break
         raise loc.error(f"include file '{name}' not found", column)
 
     # ---- lines ---------------------------------------------------------------------------
     def process(self, lines: list[str], filename: str, here: Path, depth: int) -> None:
-        located = [(Location(filename, n, text), text) for n, text in enumerate(lines, 1)]
+        located = ((Location(filename, n, text), text) for n, text in enumerate(lines, 1))
         self.process_located(located, here, depth)
 
-    def process_located(self, lines, here: Path, depth: int, macro_depth: int = 0) -> None:
-        conditions: list[list[bool]] = []  # [active now, some branch taken]
+    def process_located(
+        self, lines: Iterable[tuple[Location, str]], here: Path, depth: int, macro_depth: int = 0
+    ) -> None:
+        # [active (this level and every outer one), some branch taken]
+        conditions: list[list[bool]] = []
         macro: Macro | None = None
+        loc = None
+        budget = self.budget
         for loc, text in lines:
+            self.lines_read += 1
+            budget.work += 1
+            if not self.lines_read & 255:
+                if self.lines_read > limits.MAX_LINES:
+                    message = f"the source expands to more than {limits.MAX_LINES:,} lines"
+                    raise loc.error(message)
+                if budget.work > budget.allowance:
+                    budget.exhausted(loc)
+                budget.check_time(loc)
+            if macro is None and "%" not in text:  # the common case: a plain line
+                if conditions and not conditions[-1][0]:
+                    continue
+                self.line(loc, text, here, depth, macro_depth)
+                continue
             stripped = text.strip()
             word = stripped.split(None, 1)[0].lower() if stripped else ""
             rest = stripped[len(word) :].strip() if word else ""
@@ -201,7 +372,7 @@ class Preprocessor:
                 else:
                     macro.body.append((loc, text))
                 continue
-            active = all(c[0] for c in conditions)
+            active = conditions[-1][0] if conditions else True
             if word in ("%ifdef", "%ifndef", "%if"):
                 if not active:
                     conditions.append([False, True])
@@ -221,7 +392,7 @@ class Preprocessor:
                     conditions.pop()
                     continue
                 top = conditions[-1]
-                outer = all(c[0] for c in conditions[:-1])
+                outer = conditions[-2][0] if len(conditions) > 1 else True
                 if word == "%else":
                     top[0] = outer and not top[1]
                 else:
@@ -230,69 +401,106 @@ class Preprocessor:
                 continue
             if not active:
                 continue
-            if word == "%define" or word == "%xdefine":
-                m = re.match(r"([A-Za-z_.?@$][\w.?@$#~]*)(\(([^)]*)\))?\s*(.*)$", rest)
-                if not m:
-                    raise loc.error("%define needs a name", column)
-                params = [p.strip() for p in m.group(3).split(",")] if m.group(2) else None
-                body = m.group(4).split(";")[0].strip()
-                if word == "%xdefine":
-                    body = self.substitute(body, loc)
-                self.defines[m.group(1)] = (params, body)
-            elif word == "%undef":
-                self.defines.pop(rest.split()[0] if rest else "", None)
-            elif word == "%assign":
-                parts = rest.split(None, 1)
-                if len(parts) != 2:
-                    raise loc.error("%assign needs a name and a value", column)
-                self.defines[parts[0]] = (None, str(self.evaluate(parts[1], loc, column)))
-            elif word == "%macro":
-                m = re.match(r"([A-Za-z_.?@$][\w.?@$#~]*)\s+(\d+)(?:-(\d+|\*))?", rest)
-                if not m:
-                    raise loc.error("%macro needs a name and a parameter count", column)
-                low = int(m.group(2))
-                high = low if m.group(3) is None else (99 if m.group(3) == "*" else int(m.group(3)))
-                macro = Macro(m.group(1), low, high, [], loc)
-            elif word == "%endmacro":
-                raise loc.error("%endmacro without %macro", column)
-            elif word == "%include":
-                m = re.match(r"""["'<](.*)["'>]""", rest)
-                if not m:
-                    raise loc.error("%include needs a file name in quotes", column)
-                name_column = text.find(m.group(1)) + 1
-                path = self.find_include(m.group(1), here, loc, name_column)
-                self.include(path, loc, depth + 1)
-            elif word == "%error":
-                raise loc.error(rest.strip("\"'") or "%error")
-            elif word in ("%warning", "%line", "%pragma"):
-                pass
-            elif word.startswith("%") and not word.startswith("%%"):
-                raise loc.error(f"unknown preprocessor directive '{word}'", column)
-            else:
-                self.line(loc, text, here, depth, macro_depth)
-            if len(self.out) > MAX_LINES:
-                raise loc.error("the source expands to too many lines")
+            macro = self.directive(word, rest, loc, text, column, here, depth, macro_depth)
         if macro is not None:
             raise macro.loc.error(f"%macro {macro.name} has no %endmacro")
         if conditions:
-            raise lines[-1][0].error("%if without %endif") if lines else AsmError("%if")
+            if loc is None:
+                raise AsmError("%if without %endif")
+            raise loc.error("%if without %endif")
+
+    def directive(
+        self,
+        word: str,
+        rest: str,
+        loc: Location,
+        text: str,
+        column: int,
+        here: Path,
+        depth: int,
+        macro_depth: int,
+    ) -> Macro | None:
+        """A preprocessor directive other than the conditionals (or a line starting with %);
+        a %macro returns the macro whose body follows."""
+        if word == "%define" or word == "%xdefine":
+            m = re.match(r"([A-Za-z_.?@$][\w.?@$#~]*)(\(([^)]*)\))?\s*(.*)$", rest)
+            if not m:
+                raise loc.error(f"{word} needs a name", column)
+            params = None
+            if m.group(2):
+                params = [p.strip() for p in m.group(3).split(",")] if m.group(3).strip() else []
+            body = m.group(4).split(";")[0].strip()
+            if word == "%xdefine":
+                body = self.substitute(body, loc)
+            self.defines[m.group(1)] = _make_define(params, body)
+        elif word == "%undef":
+            self.defines.pop(rest.split()[0] if rest else "", None)
+        elif word == "%assign":
+            parts = rest.split(None, 1)
+            if len(parts) != 2:
+                raise loc.error("%assign needs a name and a value", column)
+            value = self.evaluate(parts[1], loc, column)
+            self.defines[parts[0]] = _make_define(None, str(value))
+        elif word == "%macro":
+            m = re.match(r"([A-Za-z_.?@$][\w.?@$#~]*)\s+([0-9]{1,9})(?:-([0-9]{1,9}|\*))?", rest)
+            if not m:
+                raise loc.error("%macro needs a name and a parameter count", column)
+            low = int(m.group(2))
+            high = low if m.group(3) is None else (99 if m.group(3) == "*" else int(m.group(3)))
+            return Macro(m.group(1), low, high, [], loc)
+        elif word == "%endmacro":
+            raise loc.error("%endmacro without %macro", column)
+        elif word == "%include":
+            m = re.match(r"""["'<](.*)["'>]""", rest)
+            if not m:
+                raise loc.error("%include needs a file name in quotes", column)
+            name_column = text.find(m.group(1)) + 1
+            path = self.find_include(m.group(1), here, loc, name_column)
+            self.include(path, loc, depth + 1, name_column)
+        elif word == "%error":
+            raise loc.error(rest.strip("\"'") or "%error", column)
+        elif word in ("%warning", "%line", "%pragma"):
+            pass
+        elif word.startswith("%") and not word.startswith("%%"):
+            raise loc.error(f"unknown preprocessor directive '{word}'", column)
+        else:
+            self.line(loc, text, here, depth, macro_depth)
+        return None
+
+    def emit(self, loc: Location, text: str) -> None:
+        """Hand a logical line on to the assembler."""
+        self.expanded_size += len(text)
+        if self.expanded_size > limits.MAX_EXPANDED:
+            message = f"the source expands to more than {limits.MAX_EXPANDED >> 20} MiB of text"
+            raise loc.error(message)
+        self.out.append(loc if text is loc.text else Location(loc.filename, loc.line, text))
 
     def line(self, loc: Location, text: str, here: Path, depth: int, macro_depth: int) -> None:
         """An ordinary line: expand a macro call, or substitute defines and keep it."""
+        if not self.macros:
+            self.emit(loc, self.substitute(text, loc))
+            return
         stripped = text.split(";")[0].strip()
         label = ""
         m = re.match(r"([A-Za-z_.?@$][\w.?@$#~]*:)\s*(.*)$", stripped)
         if m:
             label, stripped = m.group(1), m.group(2)
         name = stripped.split(None, 1)[0] if stripped else ""
-        macro = self.macros.get(name.lower())
-        if macro is None:
-            self.out.append(Location(loc.filename, loc.line, self.substitute(text, loc)))
+        key = name.lower()
+        macro = self.macros.get(key)
+        if macro is None or key in self.expanding:  # (not inside its own expansion, as NASM)
+            self.emit(loc, self.substitute(text, loc))
             return
-        if macro_depth >= MAX_MACRO_DEPTH:
-            raise loc.error("macros nest too deep (a macro that calls itself?)")
+        column = text.find(name) + 1
+        if macro_depth >= limits.MAX_MACRO_DEPTH:
+            raise loc.error(f"macros nest deeper than {limits.MAX_MACRO_DEPTH}", column)
+        self.budget.spend(limits.WORK_EXPANSION, loc, column)
+        self.macro_calls += 1
+        if self.macro_calls > limits.MAX_MACRO_CALLS:
+            message = f"more than {limits.MAX_MACRO_CALLS:,} macro expansions in all"
+            raise loc.error(message, column)
         if label:
-            self.out.append(Location(loc.filename, loc.line, label))
+            self.emit(loc, label)
         args = split_args(stripped[len(name) :])
         if macro.max_params == 1 and len(args) > 1:  # a lone parameter takes the whole rest
             args = [stripped[len(name) :].strip()]
@@ -300,19 +508,42 @@ class Preprocessor:
             want = str(macro.min_params)
             if macro.max_params != macro.min_params:
                 want += f" to {macro.max_params}"
-            raise loc.error(f"macro {macro.name} takes {want} parameters, not {len(args)}")
+            message = f"macro {macro.name} takes {want} parameters, not {len(args)}"
+            raise loc.error(message, column)
         self.unique += 1
         tag = f"..@{self.unique}."
+        count = str(len(args))
 
         def expand(body_text: str) -> str:
-            body_text = body_text.replace("%%", tag)
-            body_text = re.sub(r"%0\b", str(len(args)), body_text)
+            body_text = _PARAM_COUNT.sub(count, body_text.replace("%%", tag))
+            out = []
+            size = 0
+            start = 0
+            for m in _PARAM.finditer(body_text):
+                digits = m.group(1)
+                n = int(digits) if len(digits) < 4 else 0
+                arg = args[n - 1] if 1 <= n <= len(args) else ""
+                size += m.start() - start + len(arg)
+                if size > limits.MAX_LINE:
+                    message = (
+                        f"the expansion of {macro.name} has a line longer than "
+                        f"{limits.MAX_LINE:,} characters"
+                    )
+                    raise loc.error(message, column)
+                out += (body_text[start : m.start()], arg)
+                start = m.end()
+            if not out:
+                return body_text
+            out.append(body_text[start:])
+            return "".join(out)
 
-            def param(m: re.Match) -> str:
-                n = int(m.group(1))
-                return args[n - 1] if n <= len(args) else ""
+        def body():
+            for _, t in macro.body:
+                text = expand(t)
+                yield Location(loc.filename, loc.line, text), text
 
-            return re.sub(r"%(\d+)", param, body_text)
-
-        body = [(Location(loc.filename, loc.line, expand(t)), expand(t)) for _, t in macro.body]
-        self.process_located(body, here, depth, macro_depth + 1)
+        self.expanding.add(key)
+        try:
+            self.process_located(body(), here, depth, macro_depth + 1)
+        finally:
+            self.expanding.discard(key)
