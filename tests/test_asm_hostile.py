@@ -15,7 +15,8 @@ import time
 import pytest
 from conftest import require_tool
 
-from vm.asm import AsmError, assemble
+import vm.asm.assembler as assembler
+from vm.asm import AsmError, assemble, limits
 
 
 @contextlib.contextmanager
@@ -110,6 +111,70 @@ def test_a_divisor_that_wraps_to_zero_is_a_division_by_zero():
     assert "division by zero" in error("dd 5 % 0x10000000000000000").message
 
 
+# ---- finding 12: times costs what it emits ------------------------------------------------------
+@pytest.mark.parametrize(
+    "source",
+    [
+        "times 100000 align 1",
+        "times 1000 times 100 times 0 nop",
+        "times 67108864 align 1",
+        "times 67108864 times 67108864 align 1",
+        "times 50000000 db ''",
+    ],
+)
+def test_times_of_a_statement_that_emits_nothing_ends_at_once(source):
+    assert code(source, seconds=2) == b""
+
+
+def test_times_repeats_the_bytes_of_a_statement_that_cannot_change():
+    # (nested times multiply; NASM keeps only the inner count, a quirk vmlab does not copy)
+    assert code("times 4000000 nop", seconds=5) == b"\x90" * 4_000_000
+    assert (
+        code("times 3 times 1000 dd 0x12345678\nx:", seconds=2) == bytes.fromhex("78563412") * 3000
+    )
+
+
+def test_times_beyond_the_output_limit_is_an_asm_error():
+    e = error("nop\ntimes 67108864 times 67108864 nop", seconds=2)
+    assert e.line == 3 and "larger than 64 MiB" in e.message
+    e = error("db 1\nalign 1 << 40", seconds=2)
+    assert e.line == 3 and "larger than 64 MiB" in e.message
+
+
+def test_times_of_address_dependent_statements_matches_nasm(tmp_path):
+    source = """org 0x100
+start: times 3 jmp start
+times 2 dd $
+x: times 2 call x
+times 3 dw $-$$, 7
+times 130 jmp start
+align 8, db 0xcc
+times 2 mov eax, [x+4]
+times 2 rep movsb
+times 3 push dword $
+align 16, dd 0x11223344
+times 5 inc eax
+align 4
+y: times 4 jmp y
+times 3 dd $
+times 3 jmp $
+times 2 mov eax, [$+1]
+"""
+    ours = code(source)
+    assert len(ours) > 600
+    assert ours == nasm(source, tmp_path)
+
+
+def test_times_repeating_a_statement_at_each_address_is_bounded():
+    e = error("nop\ntimes 10000000 jmp $", seconds=5)
+    assert (e.line, e.column) == (3, 1) and "more work than its size allows" in e.message
+
+
+def test_align_pads_with_all_of_its_statement_as_nasm_does(tmp_path):
+    source = "db 1\nalign 4, db 7, 8\nalign 16, nop"
+    assert code(source) == nasm(source, tmp_path)
+
+
 # ---- finding 13: macros expand as in NASM, and within bounds ------------------------------------
 def test_a_define_is_not_expanded_inside_its_own_expansion(tmp_path):
     source = "%define X X*2\nmov eax, X\n%undef X\nX equ 3"
@@ -194,3 +259,87 @@ def test_an_exponential_macro_chain_is_bounded(body):
 def test_macro_parameters_out_of_range_are_empty():
     assert "without values" in error("%macro m 0\ndb %00\n%endmacro\nm").message
     assert code("%macro m 1\ndb 1 %" + "9" * 5000 + "\n%endmacro\nm 2") == b"\x01"
+
+
+# ---- finding 14: malformed operands, big sources ------------------------------------------------
+@pytest.mark.parametrize(
+    ("source", "line", "column", "message"),
+    [
+        ("align", 2, 1, "align needs a boundary"),
+        ("times 3 align", 2, 9, "align needs a boundary"),
+        ("mov eax, [ebx-]", 2, 15, "expression syntax error"),
+        ("x: mov eax, [x+]", 2, 16, "expression syntax error"),
+        ("mov [x+], al\nx:", 2, 8, "expression syntax error"),
+        ("mov eax, [ebx+]", 2, 15, "expression syntax error"),  # was assembled as [ebx]
+        ("mov eax, [ebx+ecx+]", 2, 19, "expression syntax error"),
+        ("mov eax, \u0663", 2, 10, "unexpected character"),  # a digit, but not an ASCII one
+        ('db "\ud800"', 2, 4, "not valid Unicode"),
+        ("%define F(x) x\ndb F(\\1)", 3, 4, "unexpected character"),
+        ("x: add eax, [ebx + 300 - 40*(y - x)]\ny:", 3, 1, "do not settle"),
+        ("times 3", 2, 1, "times needs"),
+        ("dd", 2, 1, "without values"),
+    ],
+)
+def test_malformed_source_is_an_asm_error_at_its_place(source, line, column, message):
+    e = error(source)
+    assert (e.line, e.column) == (line, column)
+    assert message in e.message
+
+
+def test_a_line_whose_bytes_cannot_change_is_encoded_once(monkeypatch):
+    calls = []
+    real = assembler.encode
+    monkeypatch.setattr(assembler, "encode", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    # a forward jump makes three passes; 3,000 lines of three kinds never change
+    source = "jmp end\n" + "add eax, 1\nmov [ebx+4], ecx\npush 7\n" * 1000 + "end: ret"
+    program = assemble(source)
+    assert len(program.code) == 5 + 8_000 + 1
+    assert calls.count("add") == calls.count("push") == calls.count("ret") == 1
+    assert calls.count("jmp") <= 3
+
+
+def test_the_listing_of_a_big_program_is_made_when_read():
+    program = assemble("bits 32\norg 0x100\n" + "nop\n" * 100_000 + "x: ret")
+    assert len(program.listing) == 100_003
+    last = program.listing[-1]
+    assert (last.address, last.data, last.line, last.text) == (
+        0x100 + 100_000,
+        b"\xc3",
+        100_003,
+        "x: ret",
+    )
+    assert program.listing[2].data == b"\x90"
+
+
+# ---- the budget ----------------------------------------------------------------------------
+def test_the_time_limit_ends_in_an_asm_error_at_a_line():
+    source = "x: dd x\n" * 400_000
+    with within(10), pytest.raises(AsmError) as caught:
+        assemble(source, time_limit=0.05)
+    assert caught.value.line > 1 and "time limit" in caught.value.message
+
+
+def test_the_source_size_is_limited(monkeypatch, tmp_path):
+    monkeypatch.setattr(limits, "MAX_SOURCE", 1000)
+    e = error("nop\n" * 300)
+    assert e.line == 1 and "larger than" in e.message
+    (tmp_path / "big.asm").write_text("nop\n" * 300)
+    (tmp_path / "main.asm").write_text('nop\n%include "big.asm"\n')
+    with pytest.raises(AsmError) as caught:
+        assembler.assemble_file(tmp_path / "main.asm")
+    assert (caught.value.line, caught.value.column) == (2, 11)
+
+
+def test_a_source_may_include_a_file_many_times_within_the_source_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(limits, "MAX_SOURCE", 10_000)
+    (tmp_path / "part.asm").write_text("nop\n" * 100)
+    (tmp_path / "main.asm").write_text('%include "part.asm"\n' * 100)
+    with pytest.raises(AsmError, match="larger than"):
+        assembler.assemble_file(tmp_path / "main.asm")
+
+
+def test_big_sources_get_work_in_proportion():
+    # 30,000 macro calls: more than a small source may make, fine in a source this big
+    source = "%macro two 1\npush %1\npop %1\n%endmacro\n" + "two eax ; " + "x" * 40 + "\n"
+    program = assemble("bits 32\n" + source * 30_000)
+    assert program.code == bytes.fromhex("5058") * 30_000

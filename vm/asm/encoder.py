@@ -8,9 +8,10 @@ early pass) take their longest size, as NASM does, and shrink on a later pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from vm.asm.errors import Location
+from vm.asm.errors import AsmError, Location
 from vm.isa import FORMS_BY_MNEMONIC, IMM_SIZES, REG8_NAMES, REG32_NAMES, SREG_NAMES, Form
 
 REG32 = REG32_NAMES
@@ -63,7 +64,7 @@ def _in_range(v: int, bits: int) -> bool:
     return -(1 << (bits - 1)) <= v < (1 << bits)
 
 
-def _kind_matches(kind: str, op: Operand, final: bool, long_jump: bool) -> bool:
+def _kind_matches(kind: str, op: Operand, long_jump: bool) -> bool:
     """Does operand op fit operand kind (vm.isa's names)?"""
     if kind in ("r8", "r32"):
         return op.kind == "reg" and op.size == (1 if kind == "r8" else 4)
@@ -152,9 +153,17 @@ def _dword(v: int) -> bytes:
 
 
 def encode_form(
-    form: Form, ops: list[Operand], address: int, loc: Location, final: bool
+    form: Form,
+    ops: list[Operand],
+    address: int,
+    loc: Location,
+    fail: Callable[[AsmError], None],
 ) -> bytes | None:
-    """The bytes of one form with these operands, or None when a rel8 cannot reach."""
+    """The bytes of one form with these operands, or None when a rel8 cannot reach.
+
+    ``fail(error)`` takes an error that only the last pass reports (a value that does not
+    fit may still shrink): it raises it, or notes it and lets encoding go on.
+    """
     reg_field = int(form.modrm) if form.modrm not in (None, "r") else 0
     rm_op = None
     opcode = bytearray(form.prefix + form.opcode)
@@ -184,16 +193,16 @@ def encode_form(
         elif kind in ("rel8", "rel32"):
             value = 0 if op.value is None else op.value - (address + length)
             if kind == "rel8" and not -128 <= value <= 127:
-                if op.strict == "short" and final:
-                    raise loc.error(f"short jump out of range ({value} bytes)", op.column)
+                if op.strict == "short":
+                    fail(loc.error(f"short jump out of range ({value} bytes)", op.column))
                 if op.strict != "short":
                     return None
         elif kind == "simm8":  # matched only when it fits, as a 32-bit value
             value = op.value or 0
         else:
             value = op.value or 0
-            if final and not _in_range(value, size * 8):
-                raise loc.error(f"value {value:#x} does not fit in {size * 8} bits", op.column)
+            if not _in_range(value, size * 8):
+                fail(loc.error(f"value {value:#x} does not fit in {size * 8} bits", op.column))
         out += (value & ((1 << (size * 8)) - 1)).to_bytes(size, "little")
     return out
 
@@ -203,7 +212,7 @@ def encode(
     ops: list[Operand],
     address: int,
     loc: Location,
-    final: bool,
+    fail: Callable[[AsmError], None],
     column: int,
     long_jump: bool = False,
 ) -> tuple[bytes, bool]:
@@ -221,13 +230,13 @@ def encode(
         f
         for f in forms
         if len(f.operands) == len(ops)
-        and all(_kind_matches(k, o, final, long_jump) for k, o in zip(f.operands, ops, strict=True))
+        and all(_kind_matches(k, o, long_jump) for k, o in zip(f.operands, ops, strict=True))
     ]
     if not candidates:
         shapes = ", ".join(_describe(o) for o in ops) or "no operands"
         raise loc.error(f"'{mnemonic}' does not take {shapes}", column)
     memory = [o for o in ops if o.kind == "mem" and o.size == 0]
-    encodings = [(encode_form(f, ops, address, loc, final), f) for f in candidates]
+    encodings = [(encode_form(f, ops, address, loc, fail), f) for f in candidates]
     out_of_reach = any(e is None for e, _ in encodings)
     encodings = [(e, f) for e, f in encodings if e is not None]
     if not encodings:  # only a short form exists (LOOP, JMP SHORT) and it cannot reach
