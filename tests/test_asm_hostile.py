@@ -221,7 +221,8 @@ def test_self_referring_defines_end_at_once(source):
 def test_an_exponential_define_chain_is_bounded():
     chain = "".join(f"%define A{i} A{i - 1} A{i - 1}\n" for i in range(1, 41))
     e = error(chain.replace("A0 A0", "1, 1") + "db A40", seconds=3)
-    assert (e.line, e.column) == (42, 4) and "expand more than" in e.message
+    assert (e.line, e.column) == (42, 4)
+    assert e.message.startswith(("assembling this source takes more work", "single-line macros"))
 
 
 def test_a_define_as_long_as_a_line_may_grow():

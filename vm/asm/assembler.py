@@ -236,9 +236,10 @@ class Pass:
                 entry = cache[index] = memo.get(loc.text)
             start = len(output)
             if entry is None or entry is _VARIABLE:
-                budget.spend(WORK_STATEMENT, loc)
                 address = self.start = self.here
-                self.line(tokenize(loc.text, loc), loc, index)
+                tokens = tokenize(loc.text, loc)
+                budget.spend(WORK_STATEMENT + (len(tokens) >> 1), loc)
+                self.line(tokens, loc, index)
             else:
                 label, column, data, count = entry
                 address = (self.origin or 0) + start
@@ -397,7 +398,7 @@ class Pass:
             return
         for _ in range(count):
             before = (len(output), self.count, self.origin, self.org_seen)
-            self.budget.spend(WORK_STATEMENT, loc, column)
+            self.budget.spend(WORK_STATEMENT + (len(body) >> 1), loc, column)
             self.statement(body, loc)
             if len(output) > MAX_OUTPUT:
                 raise loc.error(f"the program is larger than {MAX_OUTPUT >> 20} MiB", column)

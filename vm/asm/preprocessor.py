@@ -359,6 +359,7 @@ class Preprocessor:
                     continue
                 self.line(loc, text, here, depth, macro_depth)
                 continue
+            budget.work += limits.WORK_DIRECTIVE - 1
             stripped = text.strip()
             word = stripped.split(None, 1)[0].lower() if stripped else ""
             rest = stripped[len(word) :].strip() if word else ""
@@ -470,6 +471,7 @@ class Preprocessor:
     def emit(self, loc: Location, text: str) -> None:
         """Hand a logical line on to the assembler."""
         self.expanded_size += len(text)
+        self.budget.work += len(text) >> 4  # (a unit per 16 characters, to tokenize)
         if self.expanded_size > limits.MAX_EXPANDED:
             message = f"the source expands to more than {limits.MAX_EXPANDED >> 20} MiB of text"
             raise loc.error(message)
@@ -494,7 +496,7 @@ class Preprocessor:
         column = text.find(name) + 1
         if macro_depth >= limits.MAX_MACRO_DEPTH:
             raise loc.error(f"macros nest deeper than {limits.MAX_MACRO_DEPTH}", column)
-        self.budget.spend(limits.WORK_EXPANSION, loc, column)
+        self.budget.spend(limits.WORK_CALL, loc, column)
         self.macro_calls += 1
         if self.macro_calls > limits.MAX_MACRO_CALLS:
             message = f"more than {limits.MAX_MACRO_CALLS:,} macro expansions in all"
