@@ -242,6 +242,13 @@ def test_a_macro_named_like_an_instruction_uses_the_instruction(tmp_path):
     assert code(source) == bytes.fromhex("9050") == nasm(source, tmp_path)
 
 
+def test_an_rmacro_may_call_itself_as_in_nasm(tmp_path):
+    source = "%rmacro fill 1\n%if %1 > 0\ndb %1\nfill %1-1\n%endif\n%endmacro\nfill 3"
+    assert code(source) == b"\x03\x02\x01" == nasm(source, tmp_path)
+    e = error(source.replace("fill 3", "fill 1000"), seconds=5)
+    assert e.line == 8 and "nest deeper than" in e.message
+
+
 def test_mutually_recursive_macros_stop():
     source = "%macro a 1\nb %1\n%endmacro\n%macro b 1\na %1\n%endmacro\na 3"
     assert error(source, seconds=2).message == "unknown mnemonic 'a'"

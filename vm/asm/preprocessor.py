@@ -1,15 +1,16 @@
 """NASM's preprocessor, the part vmlab uses.
 
 %define (with and without parameters), %xdefine, %undef, %assign, %ifdef / %ifndef / %if /
-%elif / %else / %endif, %macro / %endmacro with %1..%N, %0 and %%local labels,
-%include, %error. Produces the logical lines the assembler sees, each remembering the
-file and line it came from.
+%elif / %else / %endif, %macro (and %rmacro) / %endmacro with %1..%N, %0 and %%local
+labels, %include, %error. Macro names are not case-sensitive (%imacro is %macro).
+Produces the logical lines the assembler sees, each remembering the file and line it came
+from.
 
 Macros expand as in NASM: a single-line macro is not expanded again inside its own
 expansion or its own arguments (``%define X X X`` gives ``X X``), and a multi-line macro
 is not expanded inside its own expansion (a call of it there is left as an ordinary line,
-so a ``%macro push 1`` can use the PUSH instruction). What a source may cost is bounded
-by vm.asm.limits.
+so a ``%macro push 1`` can use the PUSH instruction; a %rmacro may call itself, up to
+MAX_MACRO_DEPTH deep). What a source may cost is bounded by vm.asm.limits.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ _PIECES = re.compile(
 _PARAM = re.compile(r"%([0-9]+)")
 _PARAM_COUNT = re.compile(r"%0\b")
 _NO_HIDE: frozenset[str] = frozenset()
+_MACRO_WORDS = ("%macro", "%imacro", "%rmacro", "%irmacro")
 
 # A piece of a line being expanded: its text, its kind (a _PIECES group name), the macros
 # it may no longer expand (those whose expansion it came from), and the column of the
@@ -64,6 +66,7 @@ class Macro:
     max_params: int
     body: list[tuple[Location, str]]
     loc: Location
+    recursive: bool = False  # %rmacro: expanded inside its own expansion too
 
 
 def split_args(text: str) -> list[str]:
@@ -164,7 +167,7 @@ class Preprocessor:
         self.unique = 0
         self.includes: list[str] = []
         self.budget = budget or limits.Budget()
-        self.expanding: set[str] = set()  # multi-line macros being expanded now
+        self.expanding: dict[str, int] = {}  # multi-line macros being expanded now (how often)
         self.macro_calls = 0
         self.source_size = 0
         self.lines_read = 0
@@ -218,13 +221,14 @@ class Preprocessor:
             for arg in args:  # arguments expand first, with this macro already hidden
                 arg = [(t, k, h | hidden if h else hidden, c) for t, k, h, c in arg]
                 values.append(self._expand(arg, line, depth + 1))
+            sizes = [sum(len(piece[0]) for piece in value) for value in values]
             expansion: list[Piece] = []
             for text, kind, number in define.pieces:
                 if number < 0:
                     line.add(len(text), column)
                     expansion.append((text, kind, hidden, column))
                 else:
-                    line.add(sum(len(p[0]) for p in values[number]), column)
+                    line.add(sizes[number], column)
                     expansion += values[number]
             pending.extend(reversed(expansion))
         return out
@@ -368,8 +372,8 @@ class Preprocessor:
                 if word == "%endmacro":
                     self.macros[macro.name.lower()] = macro
                     macro = None
-                elif word == "%macro":
-                    raise loc.error("%macro inside %macro is not supported", column)
+                elif word in _MACRO_WORDS:
+                    raise loc.error(f"{word} inside %macro is not supported", column)
                 else:
                     macro.body.append((loc, text))
                 continue
@@ -442,13 +446,13 @@ class Preprocessor:
                 raise loc.error("%assign needs a name and a value", column)
             value = self.evaluate(parts[1], loc, column)
             self.defines[parts[0]] = _make_define(None, str(value))
-        elif word == "%macro":
+        elif word in _MACRO_WORDS:
             m = re.match(r"([A-Za-z_.?@$][\w.?@$#~]*)\s+([0-9]{1,9})(?:-([0-9]{1,9}|\*))?", rest)
             if not m:
-                raise loc.error("%macro needs a name and a parameter count", column)
+                raise loc.error(f"{word} needs a name and a parameter count", column)
             low = int(m.group(2))
             high = low if m.group(3) is None else (99 if m.group(3) == "*" else int(m.group(3)))
-            return Macro(m.group(1), low, high, [], loc)
+            return Macro(m.group(1), low, high, [], loc, recursive=word in ("%rmacro", "%irmacro"))
         elif word == "%endmacro":
             raise loc.error("%endmacro without %macro", column)
         elif word == "%include":
@@ -490,7 +494,7 @@ class Preprocessor:
         name = stripped.split(None, 1)[0] if stripped else ""
         key = name.lower()
         macro = self.macros.get(key)
-        if macro is None or key in self.expanding:  # (not inside its own expansion, as NASM)
+        if macro is None or (key in self.expanding and not macro.recursive):  # (as NASM)
             self.emit(loc, self.substitute(text, loc))
             return
         column = text.find(name) + 1
@@ -544,8 +548,10 @@ class Preprocessor:
                 text = expand(t)
                 yield Location(loc.filename, loc.line, text), text
 
-        self.expanding.add(key)
+        self.expanding[key] = self.expanding.get(key, 0) + 1
         try:
             self.process_located(body(), here, depth, macro_depth + 1)
         finally:
-            self.expanding.discard(key)
+            self.expanding[key] -= 1
+            if not self.expanding[key]:
+                del self.expanding[key]
