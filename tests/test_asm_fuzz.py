@@ -468,18 +468,31 @@ def check(seed: int) -> tuple[float, str]:
 
 
 def run(count: int, first_seed: int = 0) -> dict:
-    """Check count sources; the figures, and the failures (at most 20 kept)."""
-    figures = {"count": 0, "bytes": 0, "AsmError": 0, "failures": [], "slowest": (0.0, None)}
+    """Check count sources; the figures, and the failures (at most 20 kept).
+
+    A source over the time bound is tried once more: the machines are shared, and a
+    neighbour's burst can stall one run. It fails if the second run is over the bound too;
+    the first time counts as the source's time either way.
+    """
+    figures = {"count": 0, "bytes": 0, "AsmError": 0, "failed": 0, "retried": 0}
+    figures |= {"failures": [], "slowest": (0.0, None)}
     started = time.perf_counter()
     for seed in range(first_seed, first_seed + count):
         figures["count"] += 1
         try:
-            seconds, outcome = check(seed)
+            try:
+                seconds, outcome = check(seed)
+            except AssertionError as failure:
+                if "took" not in str(failure).split("\n")[0]:
+                    raise
+                first = float(str(failure).split("took ")[1].split(" s")[0])
+                figures["retried"] += 1
+                _, outcome = check(seed)
+                seconds = first
         except AssertionError as failure:
+            figures["failed"] += 1
             if len(figures["failures"]) < 20:
                 figures["failures"].append(str(failure))
-            figures.setdefault("failed", 0)
-            figures["failed"] = figures["failed"] + 1
             continue
         figures[outcome] += 1
         if seconds > figures["slowest"][0]:
@@ -493,8 +506,9 @@ def summary(figures: dict) -> str:
     return (
         f"{figures['count']:,} hostile sources in {figures['seconds']:.0f} s: "
         f"{figures['bytes']:,} assembled, {figures['AsmError']:,} AsmError, "
-        f"{figures.get('failed', 0)} failures (other exceptions, bad lines, over "
-        f"{TIME_BOUND:g} s); slowest {slowest:.2f} s (seed {seed})"
+        f"{figures['failed']} failures (other exceptions, bad lines, over {TIME_BOUND:g} s "
+        f"twice); {figures['retried']} over {TIME_BOUND:g} s once but not again; slowest "
+        f"{slowest:.2f} s (seed {seed})"
     )
 
 

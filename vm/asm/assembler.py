@@ -285,7 +285,7 @@ class Pass:
         if cache[index] is None:
             start, count = len(self.output), self.count
             if not tokens or self.constant(tokens, loc):
-                data = bytes(self.output[start:])
+                data = bytes(memoryview(self.output)[start:])  # (one copy, not two)
                 if label is None:
                     cache[index] = self.memo[loc.text] = (None, 0, data, self.count - count)
                 else:
@@ -389,7 +389,7 @@ class Pass:
         if not any(t.kind == "id" and t.value.lower() in POSITIONAL_WORDS for t in body):
             start, instructions = len(output), self.count
             self.statement(body, loc)
-            data = bytes(output[start:])
+            data = bytes(memoryview(output)[start:])
             if count > 1 and data:
                 if start + len(data) * count > MAX_OUTPUT:
                     raise loc.error(f"the program is larger than {MAX_OUTPUT >> 20} MiB", column)
@@ -487,10 +487,10 @@ class Pass:
             if depth == 0 and t.kind == "op" and t.value == ":":
                 raise loc.error("segment overrides are not supported (segments are flat)", t.column)
             current.append(t)
-        if not current:  # [ebx+]: NASM's "expression syntax error"
-            after = operator.column + 1 if operator else column
+        if not current and operator is not None:  # [ebx+]: NASM's "expression syntax error"
             raise loc.error(
-                f"expression syntax error: a term is missing after '{operator.value}'", after
+                f"expression syntax error: a term is missing after '{operator.value}'",
+                operator.column + 1,
             )
         terms.append((sign, current))
         displacement: list[Token] = []
