@@ -28,7 +28,9 @@ from vm.asm import AsmError, Program, assemble
 from vm.asm.encoder import CREGS, REG8, REG16, REG32, SREGS
 from vm.isa import FORMS_BY_MNEMONIC
 
-TIME_BOUND = 2.0  # seconds per source
+TIME_BOUND = 2.0  # seconds per source: the target, checked by the large (slow) run
+DEFAULT_RUN_BOUND = 15.0  # the default run only catches what is far off it: CI machines are
+# shared and noisy, and a speed target is met in a benchmark, not in a timed test
 HANG = 30  # seconds after which a source counts as a hang (the run goes on)
 GUEST = Path(__file__).resolve().parent.parent / "vm" / "guest"
 VALID = [(GUEST / name).read_text() for name in ("toyos.asm", "user.asm")]
@@ -428,7 +430,7 @@ def _alarm(signum, frame):
     raise Hang
 
 
-def check(seed: int) -> tuple[float, str]:
+def check(seed: int, bound: float = TIME_BOUND) -> tuple[float, str]:
     """Assemble the source of a seed; (seconds, "bytes" or "AsmError"), or AssertionError
     with the seed and the source when the result is anything else or comes too late."""
     source = generate(random.Random(seed))
@@ -455,8 +457,8 @@ def check(seed: int) -> tuple[float, str]:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
     seconds = time.perf_counter() - started
-    if problem is None and seconds > TIME_BOUND:
-        problem = f"took {seconds:.2f} s (bound {TIME_BOUND} s)"
+    if problem is None and seconds > bound:
+        problem = f"took {seconds:.2f} s (bound {bound} s)"
     if problem:
         shown = source if len(source) <= 3000 else source[:3000] + f"... ({len(source):,} chars)"
         raise AssertionError(
@@ -467,7 +469,7 @@ def check(seed: int) -> tuple[float, str]:
     return seconds, outcome
 
 
-def run(count: int, first_seed: int = 0) -> dict:
+def run(count: int, first_seed: int = 0, bound: float = TIME_BOUND) -> dict:
     """Check count sources; the figures, and the failures (at most 20 kept).
 
     A source over the time bound is tried once more: the machines are shared, and a
@@ -481,13 +483,13 @@ def run(count: int, first_seed: int = 0) -> dict:
         figures["count"] += 1
         try:
             try:
-                seconds, outcome = check(seed)
+                seconds, outcome = check(seed, bound)
             except AssertionError as failure:
                 if "took" not in str(failure).split("\n")[0]:
                     raise
                 first = float(str(failure).split("took ")[1].split(" s")[0])
                 figures["retried"] += 1
-                _, outcome = check(seed)
+                _, outcome = check(seed, bound)
                 seconds = first
         except AssertionError as failure:
             figures["failed"] += 1
@@ -519,7 +521,8 @@ def test_the_generators_are_reproducible():
 
 
 def test_hostile_sources_end_in_bytes_or_an_asm_error():
-    figures = run(int(os.environ.get("VMLAB_ASM_FUZZ_SMALL", "600")), first_seed=1_000_000)
+    count = int(os.environ.get("VMLAB_ASM_FUZZ_SMALL", "600"))
+    figures = run(count, first_seed=1_000_000, bound=DEFAULT_RUN_BOUND)
     print(summary(figures))
     assert not figures["failures"], "\n\n".join(figures["failures"])
     assert figures["bytes"] > 0 and figures["AsmError"] > 0
