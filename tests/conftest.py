@@ -13,6 +13,9 @@ TOOLS = {
     "nasm": ("program", "apt-get install nasm"),
     "unicorn": ("module", "pip install unicorn"),
     "capstone": ("module", "pip install capstone"),
+    "chromium": ("program", "apt-get install chromium"),
+    "playwright": ("module", "pip install playwright (the browser is Debian's chromium)"),
+    "jupyterlab": ("module", "pip install jupyterlab"),
 }
 
 
@@ -38,7 +41,8 @@ def require_tool(name: str) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "requires(*tools): the test needs these outside tools (nasm, unicorn, capstone); "
+        "requires(*tools): the test needs these outside tools (nasm, unicorn, capstone, "
+        "chromium, playwright, jupyterlab); "
         "skipped without them, failed under CI=true",
     )
 

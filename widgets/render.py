@@ -44,7 +44,8 @@ STYLE = """<style>
 .vmlab-mono select, .vmlab-mono textarea { font-family: ui-monospace, SFMono-Regular, Menlo,
   Consolas, monospace !important; font-size: 12px !important; }
 .vmlab table.vmlab-t { border-collapse: collapse; }
-.vmlab table.vmlab-t td, .vmlab table.vmlab-t th { padding: 1px 6px; text-align: left; }
+.vmlab table.vmlab-t td, .vmlab table.vmlab-t th { padding: 0 6px; text-align: left; }
+.vmlab .widget-html-content { line-height: 1.35; }
 .vmlab h4 { margin: 4px 0; }
 </style>"""
 
@@ -77,7 +78,7 @@ def pte_bits(entry: int) -> list[str]:
 
 def table(rows: Iterable[Sequence[str]], head: Sequence[str] = (), style: str = "") -> str:
     """An HTML table from rows of cells that are already HTML."""
-    out = [f'<table class="vmlab-t" style="{MONO};{style}">']
+    out = [f'<table class="vmlab-t" style="{MONO}; line-height: 1.35; {style}">']
     if head:
         out.append("<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>")
     for row in rows:

@@ -172,7 +172,7 @@ class MachineView(_View):
     """
 
     def __init__(self, guest, follow: str = "esp", address: int = 0) -> None:
-        self.state = W.HTML(layout=W.Layout(min_width="330px"))
+        self.state = W.HTML(layout=W.Layout(min_width="560px"))
         self.disassembly = W.Select(rows=14, layout=W.Layout(width="470px"))
         self.disassembly.add_class("vmlab-mono")
         self.breakpoint_button = W.Button(
