@@ -199,7 +199,7 @@ def test_rings_show_who_runs_where_and_the_transitions():
     assert "0: VMM" in rings.picture.value and "1: guest kernel" in rings.picture.value
     guest.run_until("INT 0x80")
     rings.control.refresh()
-    assert "trap: INT 0x80" in rings.picture.value and "reflect" in rings.picture.value
+    assert "INT 0x80: reflect" in rings.picture.value and "reflect" in rings.picture.value
     native = widgets.RingView(boot(mode="native"))
     assert "VMM" not in native.picture.value and "0: guest kernel" in native.picture.value
 

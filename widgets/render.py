@@ -165,62 +165,84 @@ def console_html(text: str, lines: int = 10) -> str:
 
 
 # ---- rings ------------------------------------------------------------------------------------
-RING_RADII = (34, 62, 90, 118)
+RING_RADII = (36, 72, 108, 144)
+CENTRE = 190
 
 
-def ring_arrow(a: int, b: int, angle: float, colour: str, label: str, opacity: float) -> str:
-    """An arrow from ring a to ring b drawn along one angle (degrees) of the rings."""
-    cx = cy = 130
-    r0 = RING_RADII[a] - 14 if a else 8
-    r1 = RING_RADII[b] - 14 if b else 8
+def _polar(radius: float, angle: float) -> tuple[float, float]:
     rad = math.radians(angle)
-    x0, y0 = cx + r0 * math.cos(rad), cy + r0 * math.sin(rad)
-    x1, y1 = cx + r1 * math.cos(rad), cy + r1 * math.sin(rad)
-    tx, ty = cx + 128 * math.cos(rad), cy + 128 * math.sin(rad)
-    return (
-        f'<g opacity="{opacity:.2f}"><line x1="{x0:.1f}" y1="{y0:.1f}" x2="{x1:.1f}" '
-        f'y2="{y1:.1f}" stroke="{colour}" stroke-width="3" marker-end="url(#vmlab-head)"/>'
-        f'<text x="{tx:.1f}" y="{ty:.1f}" font-size="10" fill="{colour}" '
-        f'text-anchor="middle">{esc(label)}</text></g>'
+    return CENTRE + radius * math.cos(rad), CENTRE + radius * math.sin(rad)
+
+
+def _radius(ring: int) -> float:
+    """The middle of a ring's band."""
+    return (RING_RADII[ring] + (RING_RADII[ring - 1] if ring else 0)) / 2
+
+
+def ring_move(
+    hops: Sequence[tuple[int, int]], angle: float, colour: str, label: str, opacity: float
+) -> str:
+    """One transition (hops from ring to ring, such as user -> VMM -> kernel) drawn as
+    arrows side by side along one angle, labelled outside the rings."""
+    parts = [f'<g opacity="{opacity:.2f}">']
+    for i, (a, b) in enumerate(hops):
+        shift = (i - (len(hops) - 1) / 2) * 9
+        x0, y0 = _polar(_radius(a), angle + shift)
+        x1, y1 = _polar(_radius(b), angle + shift)
+        parts.append(
+            f'<line x1="{x0:.1f}" y1="{y0:.1f}" x2="{x1:.1f}" y2="{y1:.1f}" stroke="{colour}" '
+            f'stroke-width="3" marker-end="url(#vmlab-head)"/>'
+        )
+    tx, ty = _polar(RING_RADII[3] + 8, angle)
+    anchor = "start" if math.cos(math.radians(angle)) > 0.2 else "end"
+    if abs(math.cos(math.radians(angle))) <= 0.2:
+        anchor = "middle"
+        ty += 10 if math.sin(math.radians(angle)) > 0 else -2
+    parts.append(
+        f'<text x="{tx:.1f}" y="{ty + 3:.1f}" font-size="11" fill="{colour}" '
+        f'text-anchor="{anchor}">{esc(label)}</text></g>'
     )
+    return "".join(parts)
 
 
 def rings_svg(
     roles: dict[int, str],
     hardware_ring: int,
     believed_ring: int,
-    arrows: Sequence[tuple[int, int, str, str]],
+    moves: Sequence[tuple[Sequence[tuple[int, int]], str, str]],
 ) -> str:
-    """Rings 0 (inside) to 3 (outside), each named by who runs there; the ring the CPU
-    is at filled; ``arrows`` (from ring, to ring, colour, label), newest last."""
+    """Rings 0 (inside) to 3 (outside), each named by who runs there, the CPU's ring
+    filled; ``moves`` (hops, colour, label), the newest last and boldest."""
+    size = 2 * CENTRE
     parts = [
-        '<svg xmlns="http://www.w3.org/2000/svg" width="260" height="260" '
-        'viewBox="0 0 260 260" class="vmlab-rings">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{size + 120}" height="{size}" '
+        f'viewBox="-60 0 {size + 120} {size}" class="vmlab-rings">',
         '<defs><marker id="vmlab-head" viewBox="0 0 10 10" refX="8" refY="5" '
-        'markerWidth="5" markerHeight="5" orient="auto-start-reverse">'
+        'markerWidth="4" markerHeight="4" orient="auto-start-reverse">'
         '<path d="M 0 0 L 10 5 L 0 10 z" fill="context-stroke"/></marker></defs>',
     ]
     for ring in (3, 2, 1, 0):
         used = ring in roles
         fill = "#fde293" if ring == hardware_ring else ("#e8f0fe" if used else "#f1f3f4")
         parts.append(
-            f'<circle cx="130" cy="130" r="{RING_RADII[ring]}" fill="{fill}" '
+            f'<circle cx="{CENTRE}" cy="{CENTRE}" r="{RING_RADII[ring]}" fill="{fill}" '
             f'stroke="#5f6368" stroke-width="1"/>'
         )
     for ring in (3, 2, 1, 0):
-        y = 130 - RING_RADII[ring] + 11 if ring else 126
+        y = CENTRE - RING_RADII[ring] + 13 if ring else CENTRE + 4
         role = roles.get(ring, "")
         parts.append(
-            f'<text x="130" y="{y}" font-size="10" text-anchor="middle" fill="#202124">'
-            f"{ring}{': ' + esc(role) if role else ''}</text>"
+            f'<text x="{CENTRE}" y="{y}" font-size="11" text-anchor="middle" fill="#202124" '
+            f'font-weight="bold">{ring}{": " + esc(role) if role else ""}</text>'
         )
-    n = len(arrows)
-    for i, (a, b, colour, label) in enumerate(arrows):
-        angle = -150 + i * (300 / max(1, n - 1)) if n > 1 else 30
-        parts.append(ring_arrow(a, b, angle, colour, label, 0.35 + 0.65 * (i + 1) / n))
+    n = len(moves)
+    for i, (hops, colour, label) in enumerate(moves):
+        angle = 15 + i * 150 / max(1, n - 1) if n > 1 else 90
+        parts.append(ring_move(hops, angle, colour, label, 0.3 + 0.7 * (i + 1) / n))
     parts.append(
-        f'<text x="4" y="254" font-size="10" fill="#202124">CPU at ring {hardware_ring}; '
-        f"the guest believes ring {believed_ring}</text></svg>"
+        f'<text x="{CENTRE}" y="14" font-size="11" text-anchor="middle" fill="#202124">'
+        f"the CPU is at ring {hardware_ring}; the guest believes ring {believed_ring}</text>"
+        "</svg>"
     )
     return "".join(parts)
 

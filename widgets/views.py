@@ -276,14 +276,21 @@ def transitions(event, rings) -> list[tuple[int, int, str]]:
     if event.kind == "callout":
         return [(here, vmm, "callout"), (vmm, here, "back")]
     if action == "reflect":
-        return [(here, vmm, f"trap: {event.kind}"), (vmm, kernel, "reflect")]
+        return [(here, vmm, "trap"), (vmm, kernel, "reflect")]
     if action == "inject":
         return [(vmm, kernel, "inject")]
     if action.startswith("emulate"):
-        return [(here, vmm, f"trap: {event.kind}"), (vmm, here, "emulate")]
+        return [(here, vmm, "trap"), (vmm, here, "emulate")]
     if action.startswith("shadow") or action == "tick":
-        return [(here, vmm, f"trap: {event.kind}"), (vmm, here, action)]
+        return [(here, vmm, "trap"), (vmm, here, action)]
     return []
+
+
+def move_label(event, hops: list[tuple[int, int, str]]) -> str:
+    """How a transition is labelled: the exit and what the VMM did ("#GP: emulate")."""
+    if event.kind in ("inject", "callout"):
+        return f"{event.kind}: {event.text.split(' at ')[0]}"[:34]
+    return f"{event.kind}: {hops[-1][2]}"
 
 
 class RingView(_View):
@@ -300,48 +307,52 @@ class RingView(_View):
     def __init__(self, guest, keep: int = 6) -> None:
         self.picture = W.HTML()
         super().__init__(guest, [self.picture])
-        self.arrows: deque = deque(maxlen=keep)
+        self.moves: deque = deque(maxlen=keep)
         self.counts: Counter = Counter()
         self._recount()
         self._start()
 
+    def _count(self, event) -> list[tuple[int, int, str]]:
+        hops = transitions(event, self.guest.rings)
+        for _, _, what in hops:
+            self.counts[what] += 1
+        return hops
+
     def _recount(self) -> None:
         self.counts = Counter()
         for event in self.guest.events:
-            for _, _, what in transitions(event, self.guest.rings):
-                self.counts[what.split(":")[0]] += 1
+            self._count(event)
 
     def update(self, frame: Frame) -> None:
         guest, view = frame.guest, frame.view
-        rings = guest.rings
-        roles, _, kernel, user = role_rings(rings)
+        roles, _, kernel, user = role_rings(guest.rings)
         if frame.jumped:
-            self.arrows.clear()
+            self.moves.clear()
             self._recount()
-        for event in frame.events[-self.arrows.maxlen :]:
-            for a, b, what in transitions(event, rings):
-                self.arrows.append((a, b, R.kind_colour(event.kind), what))
-        for event in frame.events[: -self.arrows.maxlen]:
-            for _, _, what in transitions(event, rings):
-                self.counts[what.split(":")[0]] += 1
-        for event in frame.events[-self.arrows.maxlen :]:
-            for _, _, what in transitions(event, rings):
-                self.counts[what.split(":")[0]] += 1
+        for event in frame.events:
+            hops = self._count(event)
+            if hops:
+                self.moves.append(
+                    (
+                        [(a, b) for a, b, _ in hops],
+                        R.kind_colour(event.kind),
+                        move_label(event, hops),
+                    )
+                )
         if frame.previous is not None:  # what no event says: the guest's own ring changes
             before, now = frame.previous.guest.cpl, view.guest.cpl
             if before == 3 and now != 3 and not frame.events:
-                self.arrows.append((user, kernel, "#00796b", "system call / interrupt"))
+                self.moves.append(([(user, kernel)], "#00796b", "system call / interrupt"))
                 self.counts["system call / interrupt"] += 1
             elif before != 3 and now == 3:
-                self.arrows.append((kernel, user, "#00796b", "return (IRET)"))
-                self.counts["return"] += 1
-        svg = R.rings_svg(roles, view.hardware.cpl, view.guest.cpl, list(self.arrows))
+                self.moves.append(([(kernel, user)], "#00796b", "return to user (IRET)"))
+                self.counts["return to user"] += 1
+        svg = R.rings_svg(roles, view.hardware.cpl, view.guest.cpl, list(self.moves))
         counts = R.table(sorted(self.counts.items(), key=lambda kv: -kv[1]), ("transition", "n"))
-        where = ", ".join(f"ring {r}: {n}" for r, n in rings)
         html = (
             f"<h4>Rings in {R.esc(guest.mode)}</h4>"
             f'<div style="display:flex; gap:12px; align-items:flex-start">{svg}'
-            f'<div style="{R.MONO}">{R.esc(where)}<br>{counts}</div></div>'
+            f'<div style="{R.MONO}">{counts}</div></div>'
         )
         _set(self.picture, value=html)
 
