@@ -250,7 +250,8 @@ class Controller:
                     self._measure(done, t)
                     if quota is not None:
                         quota -= max(done, 1)
-                    self.history.note()
+                    # a checkpoint every ~0.1 s of running (at least History.spacing apart)
+                    self.history.note(spacing=int(self.rate * 0.1))
                     if result.status != "budget":
                         self._say(result)
                         stop = True

@@ -103,22 +103,28 @@ class History:
         """Bytes the checkpoints hold (besides the first state)."""
         return sum(c.nbytes for c in self.checkpoints[1:])
 
-    def note(self, boundary: bool = False, force: bool = False) -> None:
-        """The guest moved on (a step, a frame of a run): keep a checkpoint if it is far
-        enough from the last one (or ``force``)."""
+    def note(self, boundary: bool = False, force: bool = False, spacing: int = 0) -> None:
+        """The guest moved on (a step, a frame of a run): keep a checkpoint if it is at
+        least ``spacing`` (default ``self.spacing``) units from the last one, or ``force``."""
         last = self.checkpoints[-1]
         here = position(self.guest)
         if here <= last.at:
             if here == last.at and boundary and not last.boundary:
                 last.boundary = True
             return
-        if not force and units(self.guest) - last.units < self.spacing:
+        if not force and units(self.guest) - last.units < max(spacing, self.spacing):
             return
         self.checkpoints.append(self._store(self.guest.snapshot(), boundary))
-        while len(self.checkpoints) > self.limit + 1 or (
-            len(self.checkpoints) > 2 and self.nbytes > BYTES_LIMIT
-        ):
-            del self.checkpoints[1]  # the oldest after the first state
+        self._thin()
+
+    def _thin(self) -> None:
+        """Over the limit, drop the checkpoint whose neighbours are closest (the first
+        state and the newest stay): what is kept stays spread over the whole run, so no
+        replay is much longer than the run divided by the limit."""
+        cps = self.checkpoints
+        while len(cps) > self.limit + 1 or (len(cps) > 2 and self.nbytes > BYTES_LIMIT):
+            drop = min(range(1, len(cps) - 1), key=lambda i: cps[i + 1].units - cps[i - 1].units)
+            del cps[drop]
 
     def _insert(self, boundary: bool) -> None:
         """Keep a checkpoint here, in order among the others (after a jump back)."""
@@ -128,10 +134,7 @@ class History:
             return
         index = sum(1 for a in at if a < here)
         self.checkpoints.insert(index, self._store(self.guest.snapshot(), boundary))
-        while len(self.checkpoints) > self.limit + 1:
-            # drop the one farthest from here, never the first state
-            far = max(range(1, len(self.checkpoints)), key=lambda i: abs(i - index))
-            del self.checkpoints[far]
+        self._thin()
 
     # ---- going back ----------------------------------------------------------------------------
     def _restore(self, checkpoint: Checkpoint) -> None:
@@ -194,10 +197,10 @@ class History:
                         self._restore(checkpoint)
                         if skip:
                             self._run_units(skip)
+                            if skip > 10_000:  # (the next step back starts from here)
+                                self._insert(False)
                         for _ in range(count - 1):
                             self.guest.step()
-                        if count > 64:  # a long replay: keep a checkpoint near here
-                            self._insert(True)
                         return True
                     if skip == 0:
                         break  # no step ends between this checkpoint and target: go earlier

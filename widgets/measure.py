@@ -113,7 +113,6 @@ def live(workload: str, mode: str, speed: str, seconds: float) -> dict:
     frames0 = control.frames
     started = time.perf_counter()
     try:
-
         done = asyncio.run(_run_for(control, seconds))
     finally:
         W.Widget._send = original

@@ -84,7 +84,7 @@ class Controls(_View):
         button = dict(layout=W.Layout(width="auto"))
         self.step_button = W.Button(description="Step", icon="step-forward", **button)
         self.step_n_button = W.Button(description="Step N", **button)
-        self.n = W.BoundedIntText(value=100, min=1, max=1_000_000, layout=W.Layout(width="90px"))
+        self.n = W.BoundedIntText(value=100, min=1, max=10_000, layout=W.Layout(width="90px"))
         self.run_button = W.Button(description="Run", icon="play", button_style="success", **button)
         self.back_button = W.Button(description="Step back", icon="step-backward", **button)
         self.reset_button = W.Button(description="Reset", icon="undo", **button)
