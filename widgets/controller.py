@@ -71,6 +71,8 @@ class Controller:
         self.frames = 0
         self.rate = 2_000_000.0  # instructions and exits per second, measured as it runs
         self._task: asyncio.Task | None = None
+        self._pending: tuple | None = None  # (loop, handle) of a draw that waits
+        self._drawn_at = 0.0
         self._previous = guest.view()
         self._seen = guest.events.total
         self._jumped = False
@@ -82,12 +84,35 @@ class Controller:
             self.views.append(view)
         view.update(self._frame(peek=True))
 
-    def refresh(self) -> Frame:
-        """Draw every view once (each inside hold_sync: one message per changed widget)."""
+    def refresh(self, now: bool = True) -> Frame | None:
+        """Draw every view once (each inside hold_sync: one message per changed widget).
+        With ``now=False`` and an event loop running, a draw sooner than a frame after the
+        last one waits for the frame's time (clicks faster than frames are coalesced)."""
+        if not now:
+            wait = self._drawn_at + 1.0 / self.frame_rate - time.perf_counter()
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if wait > 0 and loop is not None:
+                if self._pending is None or self._pending[0] is not loop:
+                    self._pending = (loop, loop.call_later(wait, self._draw_pending))
+                return None
+        return self._draw()
+
+    def _draw_pending(self) -> None:
+        self._pending = None
+        self._draw()
+
+    def _draw(self) -> Frame:
+        if self._pending is not None:
+            self._pending[1].cancel()
+            self._pending = None
         frame = self._frame()
         for view in list(self.views):
             view.update(frame)
         self.frames += 1
+        self._drawn_at = time.perf_counter()
         return frame
 
     def _frame(self, peek: bool = False) -> Frame:
@@ -139,7 +164,7 @@ class Controller:
                 break
         self.history.note(boundary=True, force=True)
         self._say(result)
-        self.refresh()
+        self.refresh(now=False)
         return result
 
     def run_until(self, *kinds: str, budget: int = 50_000_000) -> VMResult:
@@ -186,7 +211,7 @@ class Controller:
         went = self.history.step_back()
         self.message = "" if went else "this is the first state"
         self._jumped = True
-        self.refresh()
+        self.refresh(now=False)
         return went
 
     def reset(self) -> None:
@@ -195,7 +220,7 @@ class Controller:
         self.history.reset()
         self.message = "reset"
         self._jumped = True
-        self.refresh()
+        self.refresh(now=False)
 
     def goto_event(self, seq: int) -> bool:
         """To the moment event ``seq`` was recorded (the state just after its exit)."""
