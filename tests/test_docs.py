@@ -31,6 +31,7 @@ def test_the_readme_examples_run_and_say_what_their_comments_say():
     assert result.ok and result.stats["exits_by_reason"]["#GP"] == 134
     assert guest.events[-1].kind == "stop" or guest.status == "shutdown"
     assert (m.regs.eax, m.instructions, m.cycles) == (55, 22, 22)
+    assert type(names["g"]).__name__ == "Guest"  # (the Views example: a Lab of a guest)
 
 
 def test_the_readme_points_only_inside_the_repository():

@@ -165,6 +165,24 @@ def test_a_user_breakpoint_stops_the_run_and_the_run_goes_on_past_it():
     assert guest.run().ok
 
 
+def test_restore_keeps_the_breakpoints_set_now_and_position_only_grows():
+    guest = vm.boot("syscalls", "trap-emulate")
+    start, at_start = guest.snapshot(), guest.position
+    assert at_start[:2] == (0, 0) and guest.cycles == 0  # (boot may record an event: patching)
+    guest.run(5_000)
+    assert (
+        all(a <= b for a, b in zip(at_start, guest.position, strict=True))
+        and guest.position > at_start
+    )
+    where = guest.kernel_symbols["sys_getpid"]
+    guest.add_breakpoint(where)
+    guest.restore(start)  # (a snapshot taken with no breakpoint)
+    assert guest.breakpoints == [where] and guest.position == at_start
+    assert guest.run().status == "breakpoint" and guest.view().eip == where
+    base, size, ram = guest.window
+    assert ram == 4 << 20 and size > ram and base >= 0  # (toyos guests get 4 MiB)
+
+
 def test_a_cost_preset_by_name_makes_exits_cheaper_not_the_guests_work_different():
     core2 = vm.boot("syscalls", "trap-emulate", cost="core2").run()
     pentium4 = vm.boot("syscalls", "trap-emulate").run()

@@ -299,6 +299,24 @@ class Guest:
         return self.vm.cpu.instructions
 
     @property
+    def cycles(self) -> int:
+        """Simulated cycles so far, the guest's and its VMM's together."""
+        return self.vm.cpu.cycles
+
+    @property
+    def position(self) -> tuple[int, int, int]:
+        """Where the guest is on its run: (cycles, instructions, events recorded). No part
+        ever goes down as it runs, so two positions of one run compare (step back uses it)."""
+        return (self.vm.cpu.cycles, self.vm.cpu.instructions, self.vm.events.total)
+
+    @property
+    def window(self) -> tuple[int, int, int]:
+        """Where the guest lives in its host's memory: (base, size, guest RAM) in bytes;
+        the window holds the guest's RAM and then its VMM's area (vm.hypervisor.vmm_area)."""
+        machine = self.vm.machine
+        return (machine.cpu.mem_base, machine.memory_size, self.vm.guest_ram)
+
+    @property
     def exits_taken(self) -> int:
         """Times the core returned to the monitor for something (what budgets count)."""
         return self.vm.acct.core_exits
@@ -385,7 +403,14 @@ class Guest:
         return self.vm.snapshot()
 
     def restore(self, snapshot: VMSnapshot) -> None:
+        """Return to ``snapshot`` exactly; the breakpoints set now stay set (they are the
+        debugger's, not the guest's)."""
+        mine = self.breakpoints
         self.vm.restore(snapshot)
+        for address in self.breakpoints:
+            self.remove_breakpoint(address)
+        for address in mine:
+            self.add_breakpoint(address)
         self._status = self.vm.stopped.status if self.vm.stopped else "ready"
 
     def view(self) -> GuestView:

@@ -30,9 +30,8 @@ BYTES_LIMIT = 64 << 20  # and at most this many bytes of them
 
 
 def position(guest) -> tuple[int, int, int]:
-    """Where a guest is on its trajectory: (cycles, instructions, events). Each grows or
-    stays with every instruction, exit or delivery, so positions on one run compare."""
-    return (guest.vm.cpu.cycles, guest.instructions, guest.events.total)
+    """Where a guest is on its trajectory (Guest.position: cycles, instructions, events)."""
+    return guest.position
 
 
 def units(guest) -> int:
@@ -139,7 +138,7 @@ class History:
     # ---- going back ----------------------------------------------------------------------------
     def _restore(self, checkpoint: Checkpoint) -> None:
         guest = self.guest
-        keep = guest.breakpoints  # (the user's breakpoints now, not those of then)
+        keep = guest.breakpoints  # (restore keeps them; a replay must not stop on them)
         guest.restore(self._snapshot_of(checkpoint))
         for address in guest.breakpoints:
             guest.remove_breakpoint(address)

@@ -32,8 +32,7 @@ def regions(host) -> list[tuple[int, int, str, str]]:
     """(start, length, colour, label) for each guest's RAM and its VMM's area."""
     out = []
     for i, guest in enumerate(host.guests):
-        machine = guest.vm.machine
-        base, size, ram = machine.cpu.mem_base, machine.memory_size, guest.vm.guest_ram
+        base, size, ram = guest.window
         colour = R.OWNER_COLOURS[i % len(R.OWNER_COLOURS)]
         out.append((base, ram, colour, f"{guest.name}: {guest.workload}"))
         if size > ram:
@@ -143,7 +142,7 @@ class HostView(W.VBox):
                     R.esc(guest.mode),
                     R.esc(guest.status),
                     f"{guest.instructions:,}",
-                    f"{guest.vm.cpu.cycles:,}",
+                    f"{guest.cycles:,}",
                     f"{guest.stats['exits']:,}",
                     bar,
                     R.esc(last),
