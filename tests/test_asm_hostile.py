@@ -249,6 +249,35 @@ def test_an_rmacro_may_call_itself_as_in_nasm(tmp_path):
     assert e.line == 8 and "nest deeper than" in e.message
 
 
+def test_rep_repeats_nests_exits_and_builds_tables_as_in_nasm(tmp_path):
+    source = (
+        "%assign j 0\n%rep 10\n%rep 3\ndb j\n%endrep\n%assign j j+1\n"
+        "%if j == 4\n%exitrep\n%endif\n%endrep\n%rep 0\ndb 0xff\n%endrep\n"
+        "%macro twice 1\n%%here:\n%rep 2\ndd %%here, %1\n%endrep\n%endmacro\ntwice 7\n"
+    )
+    ours = code(source)
+    assert ours == nasm(source, tmp_path)
+    assert ours[:12] == bytes([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]) and len(ours) == 12 + 16
+
+
+@pytest.mark.parametrize(
+    "source, line, message",
+    [
+        ("%rep -1\n%endrep", 2, "%rep count -1 is negative"),
+        ("%rep 2000000\n%endrep", 2, "%rep count 2,000,000 is over 1,000,000"),
+        ("%rep\n%endrep", 2, "%rep needs a count"),
+        ("nop\n%rep 3\ndb 1", 3, "%rep has no %endrep"),
+        ("%endrep", 2, "%endrep without %rep"),
+        ("%exitrep", 2, "%exitrep outside %rep"),
+        ("%rep 1000000\n%rep 1000000\n%endrep\n%endrep", 3, "takes more work than"),
+        ("%rep 2\n" * 120 + "nop\n" + "%endrep\n" * 120, 102, "nest deeper than 100"),
+    ],
+)
+def test_a_hostile_rep_ends_in_an_error_at_its_line(source, line, message):
+    e = error(source, seconds=5)
+    assert e.line == line and message in e.message, (e.line, e.message)
+
+
 def test_mutually_recursive_macros_stop():
     source = "%macro a 1\nb %1\n%endmacro\n%macro b 1\na %1\n%endmacro\na 3"
     assert error(source, seconds=2).message == "unknown mnemonic 'a'"

@@ -25,6 +25,7 @@ MAX_DEFINE_EXPANSIONS = 100_000  # single-line macro expansions in one line
 MAX_DEFINE_DEPTH = 64  # single-line macro calls nested in each other's arguments
 MAX_MACRO_CALLS = 100_000  # multi-line macro expansions in all (NASM's --limit-mmacros)
 MAX_MACRO_DEPTH = 100  # multi-line macros expanding inside each other (2 Python frames each)
+MAX_REP = 1_000_000  # repetitions of one %rep (NASM's --limit-rep)
 MAX_INCLUDE_DEPTH = 32
 MAX_PASSES = 40
 MAX_OUTPUT = 64 << 20  # bytes of output

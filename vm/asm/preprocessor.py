@@ -40,6 +40,11 @@ _PARAM_COUNT = re.compile(r"%0\b")
 _NO_HIDE: frozenset[str] = frozenset()
 _MACRO_WORDS = ("%macro", "%imacro", "%rmacro", "%irmacro")
 
+
+class _ExitRep(Exception):
+    """%exitrep: leave the innermost %rep now."""
+
+
 # A piece of a line being expanded: its text, its kind (a _PIECES group name), the macros
 # it may no longer expand (those whose expansion it came from), and the column of the
 # original text it came from (for errors).
@@ -169,6 +174,7 @@ class Preprocessor:
         self.budget = budget or limits.Budget()
         self.expanding: dict[str, int] = {}  # multi-line macros being expanded now (how often)
         self.macro_calls = 0
+        self.repeating = 0  # %rep bodies being processed now
         self.source_size = 0
         self.lines_read = 0
         self.expanded_size = 0
@@ -346,6 +352,7 @@ class Preprocessor:
         # [active (this level and every outer one), some branch taken]
         conditions: list[list[bool]] = []
         macro: Macro | None = None
+        rep: list | None = None  # a %rep being collected: [count, its location, body, nesting]
         loc = None
         budget = self.budget
         for loc, text in lines:
@@ -358,7 +365,7 @@ class Preprocessor:
                 if budget.work > budget.allowance:
                     budget.exhausted(loc)
                 budget.check_time(loc)
-            if macro is None and "%" not in text:  # the common case: a plain line
+            if macro is None and rep is None and "%" not in text:  # the common case: a plain line
                 if conditions and not conditions[-1][0]:
                     continue
                 self.line(loc, text, here, depth, macro_depth)
@@ -376,6 +383,18 @@ class Preprocessor:
                     raise loc.error(f"{word} inside %macro is not supported", column)
                 else:
                     macro.body.append((loc, text))
+                continue
+            if rep is not None:  # collecting a %rep body (up to its own %endrep)
+                if word == "%rep":
+                    rep[3] += 1
+                elif word == "%endrep" and rep[3]:
+                    rep[3] -= 1
+                elif word == "%endrep":
+                    count, rep_loc, body, _ = rep
+                    rep = None
+                    self.repeat(count, body, rep_loc, here, depth, macro_depth)
+                    continue
+                rep[2].append((loc, text))
                 continue
             active = conditions[-1][0] if conditions else True
             if word in ("%ifdef", "%ifndef", "%if"):
@@ -406,9 +425,14 @@ class Preprocessor:
                 continue
             if not active:
                 continue
+            if word == "%rep":
+                rep = [self.repeat_count(rest, loc, column), loc, [], 0]
+                continue
             macro = self.directive(word, rest, loc, text, column, here, depth, macro_depth)
         if macro is not None:
             raise macro.loc.error(f"%macro {macro.name} has no %endmacro")
+        if rep is not None:
+            raise rep[1].error("%rep has no %endrep")
         if conditions:
             if loc is None:
                 raise AsmError("%if without %endif")
@@ -455,6 +479,12 @@ class Preprocessor:
             return Macro(m.group(1), low, high, [], loc, recursive=word in ("%rmacro", "%irmacro"))
         elif word == "%endmacro":
             raise loc.error("%endmacro without %macro", column)
+        elif word == "%endrep":
+            raise loc.error("%endrep without %rep", column)
+        elif word == "%exitrep":
+            if not self.repeating:
+                raise loc.error("%exitrep outside %rep", column)
+            raise _ExitRep
         elif word == "%include":
             m = re.match(r"""["'<](.*)["'>]""", rest)
             if not m:
@@ -471,6 +501,34 @@ class Preprocessor:
         else:
             self.line(loc, text, here, depth, macro_depth)
         return None
+
+    def repeat_count(self, rest: str, loc: Location, column: int) -> int:
+        """The count of a %rep: a number from 0 to NASM's --limit-rep."""
+        if not rest.strip():
+            raise loc.error("%rep needs a count", column)
+        count = self.evaluate(rest, loc, column)
+        if count < 0:
+            raise loc.error(f"%rep count {count} is negative", column)
+        if count > limits.MAX_REP:
+            raise loc.error(f"%rep count {count:,} is over {limits.MAX_REP:,}", column)
+        return count
+
+    def repeat(
+        self, count: int, body: list, loc: Location, here: Path, depth: int, macro_depth: int
+    ) -> None:
+        """Process a %rep's body ``count`` times (each time is a level of nesting, as a
+        macro's expansion is; %exitrep ends it)."""
+        if macro_depth >= limits.MAX_MACRO_DEPTH:
+            raise loc.error(f"%rep and macros nest deeper than {limits.MAX_MACRO_DEPTH}")
+        self.repeating += 1
+        try:
+            for _ in range(count):
+                self.budget.spend(limits.WORK_DIRECTIVE, loc)
+                self.process_located(iter(body), here, depth, macro_depth + 1)
+        except _ExitRep:
+            pass
+        finally:
+            self.repeating -= 1
 
     def emit(self, loc: Location, text: str) -> None:
         """Hand a logical line on to the assembler."""
