@@ -41,7 +41,18 @@ DIRECTIVES = ["db", "dw", "dd", "times", "align", "org", "bits", "equ", "section
 DIRECTIVES += ["extern", "cpu", "default", "byte", "word", "dword", "short", "near", "ptr"]
 PREPROCESSOR = ["%define", "%xdefine", "%undef", "%assign", "%if", "%ifdef", "%ifndef"]
 PREPROCESSOR += ["%elif", "%else", "%endif", "%macro", "%endmacro", "%include", "%error"]
-PREPROCESSOR += ["%warning", "%line", "%pragma", "%rep", "%endrep", "%1", "%2", "%0", "%%x"]
+PREPROCESSOR += [
+    "%warning",
+    "%line",
+    "%pragma",
+    "%rep",
+    "%endrep",
+    "%exitrep",
+    "%1",
+    "%2",
+    "%0",
+    "%%x",
+]
 OPERATORS = ["+", "-", "*", "/", "//", "%", "%%", "<<", ">>", "&", "|", "^", "~", "!", "("]
 OPERATORS += [")", "[", "]", ",", ":", "<", ">", "=", "==", "!=", "<=", ">=", "&&", "||"]
 ODD = ["\x00", "\x7f", "\x0c", "\x0b", "\r", "\t", "\u00a0", "\ufeff", "\u200f", "\u0663"]
@@ -237,7 +248,14 @@ def huge_counts(rng: random.Random) -> str:
 
 def macros(rng: random.Random) -> str:
     body = rng.choice(["nop", "%%a: jmp %%a", "db %1", "%assign n n+1", "%if 0\nnop\n%endif"])
-    shape = rng.randrange(6)
+    shape = rng.randrange(7)
+    if shape == 6:  # %rep: nested, huge, unbalanced, exiting, inside macros
+        count = rng.choice(["0", "1", "3", "-1", "x", "1000000", "1000001", "$", "n", "(1<<40)"])
+        nest = rng.randrange(1, 120)
+        ends = nest - rng.choice([0, 0, 0, 1, -1])
+        inner = rng.choice([body, "%exitrep", "%if n > 3\n%exitrep\n%endif\n%assign n n+1"])
+        text = f"%assign n 0\n%macro m 0-1\n{body}\n%endmacro\n"
+        return text + f"%rep {count}\n" * nest + f"{inner}\nm\n" + "%endrep\n" * ends
     if shape == 0:  # recursion through itself, once or twice per level
         calls = "\n".join(["m %1-1"] * rng.randrange(1, 4))
         return f"%macro m 1\n%if %1 > 0\n{calls}\n%endif\n{body}\n%endmacro\nm {rng.randrange(64)}"
