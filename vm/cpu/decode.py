@@ -8,11 +8,13 @@ executes it by opcode; ``instruction_length`` runs the same decoder from Python.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import types
 
 from vm.cpu.jit import Mem, State, Table, i64, jit, jit_inline
-from vm.isa import FORMS, IMM_SIZES
+from vm.isa import EXACT_MODRM_FORMS, FORMS, IMM_SIZES, Form, form_slots, opcode_index
 
 # OPINFO bits, per opcode index (first byte, or 256 + second byte after 0F).
 HAS_MODRM = 1 << 0
@@ -33,9 +35,9 @@ PREFIX_REPNE = 0xF2
 SEGMENT_PREFIXES = (0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65)
 
 
-def opcode_index(opcode: bytes) -> int:
-    """The OPINFO index of an opcode: its byte, or 256 + the byte after 0F."""
-    return 256 + opcode[1] if opcode[0] == 0x0F else opcode[0]
+def _byte_index(form: Form) -> int:
+    """The OPINFO index of a form's opcode bytes: the byte, or 256 + the byte after 0F."""
+    return 256 + form.opcode[1] if form.opcode[0] == 0x0F else form.opcode[0]
 
 
 def build_opinfo() -> np.ndarray:
@@ -43,7 +45,7 @@ def build_opinfo() -> np.ndarray:
     info = np.zeros(512, dtype=np.int64)
     imm_by_digit: dict[int, dict[int, int]] = {}
     for form in FORMS:
-        index = opcode_index(form.opcode)
+        index = _byte_index(form)
         imm = sum(IMM_SIZES.get(kind, 0) for kind in form.operands)
         indices = [index + r for r in range(8)] if form.plus_reg else [index]
         for i in indices:
@@ -66,8 +68,8 @@ def build_opinfo() -> np.ndarray:
             assert set(sizes) >= {0} and all(v == 0 for d, v in sizes.items() if d != 0), i
             info[i] = (info[i] & ~(7 << IMM_SHIFT)) | (sizes[0] << IMM_SHIFT) | IMM_ONLY_DIGIT0
     for form in FORMS:  # opcodes whose every form takes a memory operand only
-        index = opcode_index(form.opcode)
-        if all("m" in f.operands for f in FORMS if opcode_index(f.opcode) == index):
+        index = _byte_index(form)
+        if all("m" in f.operands for f in FORMS if _byte_index(f) == index):
             info[index] |= MEMORY_ONLY
     for b in (PREFIX_REP, PREFIX_REPNE, *SEGMENT_PREFIXES):
         info[b] = PREFIX
@@ -123,7 +125,7 @@ def build_access() -> np.ndarray:
     """Derive the operand stage's per-form table from vm.isa.FORMS."""
     table = np.zeros(512 * 8, dtype=np.int64)
     for form in FORMS:
-        index = opcode_index(form.opcode)
+        index = _byte_index(form)
         regs = range(8) if form.plus_reg else range(1)
         digits = [int(form.modrm)] if form.modrm not in (None, "r") else range(8)
         for r in regs:
@@ -253,3 +255,82 @@ def decode_again(code, p, regs, opinfo):
 def effective_address(code, p, regs, opinfo):
     """The ModRM effective address of the instruction at code[p:] with the given registers."""
     return decode(code, p, regs, opinfo)[6]
+
+
+# ---- the Python decoder that names the form ------------------------------------------------
+_SLOT_FORMS = form_slots()
+# Forms with a mandatory prefix (REP and REPNE string forms), by (form slot, prefix byte).
+_PREFIXED_FORMS = {(opcode_index(f) * 8, f.prefix[0]): f for f in reversed(FORMS) if f.prefix}
+
+
+class Decoded(NamedTuple):
+    """One instruction as the CPU decodes it, with the vm.isa row it is."""
+
+    form: Form  # the vm.isa row this encoding is
+    length: int
+    mod: int  # ModRM fields (0 when the form has no ModRM; mod is 3 for MOV to/from CRn)
+    reg: int
+    rm: int
+    imm: int  # the immediate (moffs: the address), unsigned as encoded; 0 if none
+    code: bytes  # the instruction's bytes
+
+    @property
+    def name(self) -> str:
+        """The operation's name (vm.isa Form.name): "mov_to_cr", "lgdt", "add"..."""
+        return self.form.name
+
+    @property
+    def is_memory(self) -> bool:
+        """The r/m operand (or a moffs operand) is in memory: see decoded_address."""
+        if self.form.modrm is not None:
+            return self.mod != 3
+        return any(kind.startswith("moffs") for kind in self.form.operands)
+
+
+def _buffer(code: bytes) -> np.ndarray:
+    buf = np.zeros(MAX_INSTRUCTION + 16, dtype=np.uint8)
+    data = bytes(code[:MAX_INSTRUCTION])
+    buf[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+    return buf
+
+
+def decode_form(code: bytes) -> Decoded | None:
+    """Decode the first instruction of ``code`` as the CPU does and name its form.
+
+    None when the CPU raises #UD on these bytes (or ``code`` ends before the instruction).
+    """
+    buf = _buffer(code)
+    length, op, rep, mod, reg, rm, _, imm = decode_again(buf, 0, np.zeros(8, np.int64), OPINFO)
+    if length == 0 or length > len(code):
+        return None
+    if not OPINFO[op] & HAS_MODRM:
+        mod = reg = rm = 0
+    slot = op * 8 + reg
+    form = None
+    if rep:  # REP MOVSB...; F2 before MOVS, STOS, LODS repeats as F3 does
+        other = PREFIX_REP if rep == PREFIX_REPNE else PREFIX_REPNE
+        form = _PREFIXED_FORMS.get((slot, rep)) or _PREFIXED_FORMS.get((slot, other))
+    if form is None:
+        form = _SLOT_FORMS.get((slot, bool(OPINFO[op] & HAS_MODRM) and mod != 3))
+    if form is None and OPINFO[op] & HAS_MODRM and mod == 3:
+        modrm = 0xC0 | reg << 3 | rm  # an encoding its whole ModRM byte names (VMCALL)
+        for exact in EXACT_MODRM_FORMS:
+            if exact.opcode[:2] == _opcode_bytes(op) and exact.modrm_byte == modrm:
+                form = exact
+    if form is None:
+        return None
+    return Decoded(form, int(length), int(mod), int(reg), int(rm), int(imm), bytes(code[:length]))
+
+
+def _opcode_bytes(op: int) -> bytes:
+    return bytes([0x0F, op - 256]) if op >= 256 else bytes([op])
+
+
+def decoded_address(decoded: Decoded, state: np.ndarray) -> int:
+    """The linear address of a decoded instruction's memory operand, computed with the
+    registers in ``state`` (a moffs form: its address). ValueError if it has none."""
+    if not decoded.is_memory:
+        raise ValueError(f"{decoded.name} at these bytes has no memory operand")
+    if decoded.form.modrm is None:
+        return decoded.imm
+    return int(effective_address(_buffer(decoded.code), 0, state, OPINFO))

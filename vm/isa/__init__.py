@@ -30,15 +30,21 @@ import numpy as np
 
 __all__ = [
     "COND_CODES",
+    "CPL0_NAMES",
     "CR_NAMES",
     "DEFAULT_COST_TABLE",
     "FLAG_BITS",
     "FORMS",
     "FORMS_BY_MNEMONIC",
     "IMM_SIZES",
+    "IOPL_NAMES",
     "POPF_WRITABLE",
+    "PRIVILEGED_NAMES",
+    "PRIV_CPL0",
+    "PRIV_IOPL",
     "REG8_NAMES",
     "REG32_NAMES",
+    "SENSITIVE_NAMES",
     "SREG_NAMES",
     "Form",
     "opcode_cost_table",
@@ -95,7 +101,26 @@ class Form:
     undefined: str = ""  # flags the manual leaves undefined after it
     cost: int = 1  # base simulated cycles
     user: bool = True  # runs at CPL 3 and can be compared with Unicorn in user mode
+    operation: str = ""  # the operation's name when the mnemonic does not say it (see name)
+    privileged: str = ""  # PRIV_CPL0 or PRIV_IOPL: when it raises #GP(0); "" for never
+    sensitive: bool = False  # unprivileged, but reads or changes state a VMM must own
 
+    @property
+    def modrm_byte(self) -> int | None:
+        """The whole ModRM byte an encoding fixes (VMCALL, 0F 01 C1: mod 3, reg 0, rm 1):
+        the third byte of a 0F xx yy opcode; None for the others."""
+        return self.opcode[2] if len(self.opcode) == 3 else None
+
+    @property
+    def name(self) -> str:
+        """The operation, one name per distinct one: "mov_to_cr", "pushf" (PUSHF and
+        PUSHFD), "iret" (IRET and IRETD)...; the mnemonic for the others."""
+        return self.operation or self.mnemonic
+
+
+# Form.privileged: which check raises #GP(0) before the instruction does anything.
+PRIV_CPL0 = "cpl0"  # unless CPL = 0 (HLT, LGDT, MOV to CRn...)
+PRIV_IOPL = "iopl"  # unless CPL <= EFLAGS.IOPL (CLI, STI, IN, OUT)
 
 IMM_SIZES = {"imm8": 1, "simm8": 1, "imm16": 2, "imm32": 4, "rel8": 1, "rel32": 4}
 IMM_SIZES.update({"moffs8": 4, "moffs32": 4})
@@ -183,6 +208,11 @@ def _string_forms() -> list[Form]:
     return forms
 
 
+# Keyword sets for the system rows.
+_CPL0 = dict(user=False, privileged=PRIV_CPL0)
+_IOPL = dict(user=False, privileged=PRIV_IOPL)
+_SENSITIVE = dict(user=False, sensitive=True)
+
 FORMS: list[Form] = [
     # --- data movement -------------------------------------------------------------
     Form("mov", ("al", "moffs8"), b"\xa0"),
@@ -216,10 +246,10 @@ FORMS: list[Form] = [
     Form("pop", ("rm32",), b"\x8f", "0"),
     Form("pushad", (), b"\x60", cost=4),
     Form("popad", (), b"\x61", cost=4),
-    Form("pushfd", (), b"\x9c"),
-    Form("pushf", (), b"\x9c"),
-    Form("popfd", (), b"\x9d", writes="oszapcd", cost=4),
-    Form("popf", (), b"\x9d", writes="oszapcd", cost=4),
+    Form("pushfd", (), b"\x9c", operation="pushf", sensitive=True),
+    Form("pushf", (), b"\x9c", sensitive=True),
+    Form("popfd", (), b"\x9d", writes="oszapcd", cost=4, operation="popf", sensitive=True),
+    Form("popf", (), b"\x9d", writes="oszapcd", cost=4, sensitive=True),
     Form("cdq", (), b"\x99"),
     Form("cwde", (), b"\x98"),
     Form("nop", (), b"\x90"),
@@ -277,34 +307,35 @@ FORMS: list[Form] = [
     Form("int", ("imm8",), b"\xcd", cost=10),
     *_string_forms(),
     # --- system (privileged or sensitive; not compared with Unicorn in user mode) -----
-    Form("hlt", (), b"\xf4", user=False),
-    Form("cli", (), b"\xfa", user=False),
-    Form("sti", (), b"\xfb", user=False),
-    Form("in", ("al", "imm8"), b"\xe4", user=False, cost=10),
-    Form("in", ("eax", "imm8"), b"\xe5", user=False, cost=10),
-    Form("out", ("imm8", "al"), b"\xe6", user=False, cost=10),
-    Form("out", ("imm8", "eax"), b"\xe7", user=False, cost=10),
-    Form("in", ("al", "dx"), b"\xec", user=False, cost=10),
-    Form("in", ("eax", "dx"), b"\xed", user=False, cost=10),
-    Form("out", ("dx", "al"), b"\xee", user=False, cost=10),
-    Form("out", ("dx", "eax"), b"\xef", user=False, cost=10),
-    Form("cpuid", (), b"\x0f\xa2", user=False, cost=20),
-    Form("iret", (), b"\xcf", user=False, cost=10),
-    Form("iretd", (), b"\xcf", user=False, cost=10),
-    Form("lgdt", ("m",), b"\x0f\x01", "2", user=False, cost=10),
-    Form("lidt", ("m",), b"\x0f\x01", "3", user=False, cost=10),
-    Form("sgdt", ("m",), b"\x0f\x01", "0", user=False),
-    Form("sidt", ("m",), b"\x0f\x01", "1", user=False),
-    Form("smsw", ("rm32",), b"\x0f\x01", "4", user=False),
-    Form("invlpg", ("m",), b"\x0f\x01", "7", user=False, cost=10),
-    Form("sldt", ("rm32",), b"\x0f\x00", "0", user=False),
-    Form("str", ("rm32",), b"\x0f\x00", "1", user=False),
-    Form("ltr", ("rm16",), b"\x0f\x00", "3", user=False, cost=10),
-    Form("mov", ("r32rm", "cr"), b"\x0f\x20", "r", user=False, cost=5),
-    Form("mov", ("cr", "r32rm"), b"\x0f\x22", "r", user=False, cost=5),
-    Form("mov", ("rm32", "sreg"), b"\x8c", "r", user=False),
-    Form("mov", ("sreg", "rm16"), b"\x8e", "r", user=False, cost=3),
-    Form("mov", ("sreg", "rm32"), b"\x8e", "r", user=False, cost=3),
+    Form("hlt", (), b"\xf4", **_CPL0),
+    Form("cli", (), b"\xfa", **_IOPL),
+    Form("sti", (), b"\xfb", **_IOPL),
+    Form("in", ("al", "imm8"), b"\xe4", cost=10, **_IOPL),
+    Form("in", ("eax", "imm8"), b"\xe5", cost=10, **_IOPL),
+    Form("out", ("imm8", "al"), b"\xe6", cost=10, **_IOPL),
+    Form("out", ("imm8", "eax"), b"\xe7", cost=10, **_IOPL),
+    Form("in", ("al", "dx"), b"\xec", cost=10, **_IOPL),
+    Form("in", ("eax", "dx"), b"\xed", cost=10, **_IOPL),
+    Form("out", ("dx", "al"), b"\xee", cost=10, **_IOPL),
+    Form("out", ("dx", "eax"), b"\xef", cost=10, **_IOPL),
+    Form("cpuid", (), b"\x0f\xa2", cost=20, **_SENSITIVE),
+    Form("iret", (), b"\xcf", cost=10, **_SENSITIVE),
+    Form("iretd", (), b"\xcf", cost=10, operation="iret", **_SENSITIVE),
+    Form("lgdt", ("m",), b"\x0f\x01", "2", cost=10, **_CPL0),
+    Form("lidt", ("m",), b"\x0f\x01", "3", cost=10, **_CPL0),
+    Form("sgdt", ("m",), b"\x0f\x01", "0", **_SENSITIVE),
+    Form("sidt", ("m",), b"\x0f\x01", "1", **_SENSITIVE),
+    Form("smsw", ("rm32",), b"\x0f\x01", "4", **_SENSITIVE),
+    Form("lmsw", ("rm16",), b"\x0f\x01", "6", cost=5, **_CPL0),  # CR0's PE MP EM TS
+    Form("invlpg", ("m",), b"\x0f\x01", "7", cost=10, **_CPL0),
+    Form("sldt", ("rm32",), b"\x0f\x00", "0", **_SENSITIVE),
+    Form("str", ("rm32",), b"\x0f\x00", "1", **_SENSITIVE),
+    Form("ltr", ("rm16",), b"\x0f\x00", "3", cost=10, **_CPL0),
+    Form("mov", ("r32rm", "cr"), b"\x0f\x20", "r", cost=5, operation="mov_from_cr", **_CPL0),
+    Form("mov", ("cr", "r32rm"), b"\x0f\x22", "r", cost=5, operation="mov_to_cr", **_CPL0),
+    Form("mov", ("rm32", "sreg"), b"\x8c", "r", operation="mov_from_sreg", **_SENSITIVE),
+    Form("mov", ("sreg", "rm16"), b"\x8e", "r", user=False, cost=3, operation="mov_to_sreg"),
+    Form("mov", ("sreg", "rm32"), b"\x8e", "r", user=False, cost=3, operation="mov_to_sreg"),
     Form("ud2", (), b"\x0f\x0b", user=False),
     Form("vmcall", (), b"\x0f\x01\xc1", user=False),
 ]
@@ -313,6 +344,74 @@ FORMS: list[Form] = [
 FORMS_BY_MNEMONIC: dict[str, list[Form]] = {}
 for _form in FORMS:
     FORMS_BY_MNEMONIC.setdefault(_form.mnemonic, []).append(_form)
+
+# Operation names by what a VMM must do about them (from the rows' flags).
+PRIVILEGED_NAMES = frozenset(f.name for f in FORMS if f.privileged)  # #GP(0) when not allowed
+CPL0_NAMES = frozenset(f.name for f in FORMS if f.privileged == PRIV_CPL0)  # only at CPL 0
+IOPL_NAMES = frozenset(f.name for f in FORMS if f.privileged == PRIV_IOPL)  # CPL <= IOPL
+SENSITIVE_NAMES = frozenset(f.name for f in FORMS if f.sensitive)  # sensitive, unprivileged
+
+
+# ---- where each form sits in the CPU's tables ----------------------------------------------
+# An opcode index is the opcode byte, 256 + the byte after 0F, or 512 + k for the k-th
+# encoding that a whole ModRM byte names (EXACT_MODRM_FORMS: VMCALL is 0F 01 with ModRM C1).
+# A form slot is opcode index * 8 + ModRM.reg (the /digit; 0 for a form without ModRM): the
+# CPU's handler, operand-access and cost tables are indexed by it.
+EXACT_MODRM_FORMS: tuple[Form, ...] = tuple(f for f in FORMS if f.modrm_byte is not None)
+EXACT_MODRM_INDEX = 512
+MAX_EXACT_MODRM = 8
+OPCODE_INDEXES = EXACT_MODRM_INDEX + MAX_EXACT_MODRM
+FORM_SLOTS = OPCODE_INDEXES * 8
+assert len(EXACT_MODRM_FORMS) <= MAX_EXACT_MODRM
+
+
+def opcode_index(form: Form) -> int:
+    """The opcode index of a form (for a +r form, of its register 0)."""
+    if form.modrm_byte is not None:
+        return EXACT_MODRM_INDEX + EXACT_MODRM_FORMS.index(form)
+    op = form.opcode
+    return 256 + op[1] if op[0] == 0x0F else op[0]
+
+
+def form_digits(form: Form) -> tuple[int, ...]:
+    """The ModRM.reg values a form is encoded with (0 alone for a form without ModRM)."""
+    if form.modrm is None:
+        return (form.modrm_byte >> 3 & 7,) if form.modrm_byte is not None else (0,)
+    if form.modrm != "r":
+        return (int(form.modrm),)
+    if "cr" in form.operands:  # CR0 CR2 CR3 CR4
+        return tuple(n for n, name in enumerate(CR_NAMES) if name in ("cr0", "cr2", "cr3", "cr4"))
+    if form.operands[:1] == ("sreg",):  # MOV Sreg, r/m: ES SS DS FS GS (CS cannot be loaded)
+        return (0, 2, 3, 4, 5)
+    if "sreg" in form.operands:
+        return tuple(range(len(SREG_NAMES)))
+    return tuple(range(8))
+
+
+def form_sides(form: Form) -> tuple[bool, ...]:
+    """Which r/m operands a form takes: (False,) register, (True,) memory, or both. A form
+    without ModRM counts as a register form."""
+    if form.modrm is None or "r32rm" in form.operands:
+        return (False,)
+    if "m" in form.operands:
+        return (True,)
+    return (False, True)
+
+
+def form_slots() -> dict[tuple[int, bool], Form]:
+    """The form the CPU runs for each (form slot, r/m operand in memory), without a
+    mandatory prefix: the first in table order; an exact opcode before a +r form's (90 is
+    NOP, not XCHG EAX, EAX)."""
+    slots: dict[tuple[int, bool], Form] = {}
+    for form in sorted(FORMS, key=lambda f: f.plus_reg):  # (a stable sort: table order)
+        if form.prefix:
+            continue
+        base = opcode_index(form)
+        for r in range(8) if form.plus_reg else range(1):
+            for digit in form_digits(form):
+                for memory in form_sides(form):
+                    slots.setdefault(((base + r) * 8 + digit, memory), form)
+    return slots
 
 
 def opcode_cost_table() -> np.ndarray:
