@@ -70,7 +70,7 @@ class Exit(NamedTuple):
     is_in: bool = False
     value: int = 0
     control_register: int = -1  # CR_ACCESS: which CRn; is_in is True for a read
-    register: int = -1  # CR_ACCESS: the general register (0 = EAX ... 7 = EDI)
+    register: int = -1  # CR_ACCESS: the general register (0 = EAX ... 7 = EDI; -1: LMSW)
     length: int = 0  # bytes of the instruction that caused the exit (0: none did)
 
     def __str__(self) -> str:
@@ -82,7 +82,11 @@ class Exit(NamedTuple):
             return f"{self.reason.name} {vector_name(self.vector, software=True)} {where}"
         if self.reason == ExitReason.INTERRUPT:
             return f"INTERRUPT vector {self.vector:#x} {where}"
+        if self.reason == ExitReason.HYPERCALL:
+            return f"HYPERCALL vmcall {where}"
         if self.reason == ExitReason.CR_ACCESS:
+            if self.register < 0:  # LMSW
+                return f"CR_ACCESS lmsw: cr{self.control_register} <- {self.value:#x} {where}"
             gpr = S.REG_NAMES[self.register]
             if self.is_in:
                 return f"CR_ACCESS mov {gpr}, cr{self.control_register} {where}"
@@ -387,6 +391,8 @@ class Machine:
             return Exit(reason, eip, slots[at + S.EXIT_VECTOR], length=length)
         if reason == ExitReason.INTERRUPT:
             return Exit(reason, eip, slots[at + S.EXIT_VECTOR])
+        if reason == ExitReason.HYPERCALL:  # EIP at the VMCALL: the VMM moves it past
+            return Exit(reason, eip, length=length)
         if reason == ExitReason.CR_ACCESS:
             return Exit(
                 reason,
@@ -395,6 +401,7 @@ class Machine:
                 value=slots[at + S.EXIT_VALUE],
                 control_register=slots[at + S.EXIT_CR],
                 register=slots[at + S.EXIT_CR_REGISTER],
+                length=length,
             )
         return Exit(reason, eip)
 
