@@ -153,6 +153,9 @@ from vm.cpu.state import (
     STATE_SIZE,
     TIMER_NEXT,
     TIMER_PERIOD,
+    TLB_ENTRIES,
+    TLB_TAGS,
+    TLB_VALUES,
     TR,
     VECTOR_COUNTS,
 )
@@ -439,7 +442,8 @@ def raise_event(mem, state, vector, error, return_eip, flags, software, instruct
     interrupt becomes a double fault (#DF); a fault while delivering that is a triple
     fault: SHUTDOWN, as on real x86.
     """
-    state[VECTOR_COUNTS + (vector & 0xFF)] += 1
+    vector &= 0xFF  # (vectors are 8 bits, whatever FAULT_VECTOR or the PIC's base say)
+    state[VECTOR_COUNTS + vector] += 1
     if software:
         if state[EXIT_CONTROLS] & EXIT_ON_SOFT_INT:
             word = state[SOFT_INT_EXITS + ((vector >> 5) & 7)]
@@ -455,9 +459,9 @@ def raise_event(mem, state, vector, error, return_eip, flags, software, instruct
     if ok:
         return EVENT_DELIVERED, new_eip, new_flags
     if software:  # the INT instruction faults instead
-        vector = state[FAULT_VECTOR]
+        vector = state[FAULT_VECTOR] & 0xFF
         error = state[FAULT_ERROR]
-        state[VECTOR_COUNTS + (vector & 0xFF)] += 1
+        state[VECTOR_COUNTS + vector] += 1
         if (state[EXC_EXIT_BITMAP] >> vector) & 1:
             state[EXIT_VECTOR] = vector
             state[EXIT_ERROR] = error
@@ -481,23 +485,32 @@ def raise_event(mem, state, vector, error, return_eip, flags, software, instruct
 @jit(i64(State, Mem, i64))
 def run(state, mem, budget):
     """Run at most ``budget`` instructions; return the exit reason."""
-    # The guest-physical window and the scratch bytes after it must lie inside the host
-    # array, and the state must be whole, or nothing runs.
+    # The state is public: Python may have written any int64 into any slot. What the core
+    # would use as an index or an address is made safe here, once per call (the run loop
+    # keeps it so): the guest-physical window and the scratch bytes after it must lie
+    # inside the host array and the state must be whole, or nothing runs; registers are
+    # 32-bit; a TLB entry naming a page outside the window is dropped.
     if state.size < STATE_SIZE:
         return EXIT_SHUTDOWN
     membase = state[MEM_BASE]
     memsize = state[MEM_SIZE]
     scratch_at = mem.size - SCRATCH_SIZE
-    if membase < 0 or memsize < 0 or membase + memsize > scratch_at:
+    if membase < 0 or memsize < 0 or memsize > scratch_at or membase > scratch_at - memsize:
         state[EXIT_REASON] = EXIT_SHUTDOWN
         return EXIT_SHUTDOWN
+    for r in range(8):
+        state[r] &= MASK32
+    last_page = memsize - 4096  # the last page a TLB entry may name
+    for slot in range(TLB_ENTRIES):
+        if state[TLB_VALUES + slot] & PAGE_MASK > last_page:
+            state[TLB_TAGS + slot] = -1
     nbreak = max(0, min(state[N_BREAKPOINTS], MAX_BREAKPOINTS))
     skip_break = state[SKIP_BREAKPOINT]
     state[SKIP_BREAKPOINT] = 0
     controls = state[EXIT_CONTROLS]
 
-    eip = state[EIP]
-    flags = state[EFLAGS]
+    eip = state[EIP] & MASK32
+    flags = state[EFLAGS] & MASK32
     lop = LOP_NONE  # lazy flags: see vm.cpu.flags
     la = 0
     lb = 0
@@ -529,12 +542,13 @@ def run(state, mem, budget):
             walks_seen = walks
         if timer_period > 0 and cycles >= tick_at:
             state[PIC_IRR] |= 1  # IRQ 0
-            while tick_at <= cycles:  # ticks missed while interrupts were off merge into one
-                tick_at += timer_period
+            # ticks missed while interrupts were off merge into one: the next is the first
+            # tick_at + k * period after now
+            tick_at += ((cycles - tick_at) // timer_period + 1) * timer_period
             irq_pending = irq_waiting(state)
         if irq_pending and controls & EXIT_ON_INTERRUPT:  # the VMM takes every IRQ, IF or not
             irq = take_irq(state)
-            state[EXIT_VECTOR] = state[PIC_VECTOR_BASE] + irq
+            state[EXIT_VECTOR] = (state[PIC_VECTOR_BASE] + irq) & 0xFF
             reason = EXIT_INTERRUPT
             break
         if irq_pending and flags & FLAG_IF and not blocked_by_sti_or_mov_ss:
