@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
 import pytest
 from systables import (
     IDT,
@@ -421,3 +422,131 @@ def test_exit_on_interrupt_hands_every_tick_to_the_vmm_even_with_if_clear():
     second = m.run(10_000)
     assert second.reason == ExitReason.INTERRUPT and m.cycles - at == 1000
     assert str(second).startswith("INTERRUPT vector 0x20")
+
+
+# ---- the 0F 01 group: VMCALL, LMSW, and the encodings that are no instruction -----------------
+def test_vmcall_is_ud_without_the_exit_control():
+    m = protected_machine()
+    m.state[S.EXC_EXIT_BITMAP] = 1 << 6
+    m.load(CODE, b"\x0f\x01\xc1")  # vmcall
+    enter_ring(m, 0, CODE, 0x8000)
+    ex = m.run()
+    assert (ex.reason, ex.vector, ex.eip, ex.length) == (ExitReason.FAULT, 6, CODE, 3)
+
+
+@pytest.mark.parametrize("cpl", [0, 3])
+def test_vmcall_exits_as_hypercall_at_the_vmcall_with_the_control(cpl):
+    m = protected_machine()
+    m.state[S.EXIT_CONTROLS] |= S.EXIT_ON_VMCALL
+    m.load(CODE, bytes.fromhex("b8 05 00 00 00 0f 01 c1 f4"))  # mov eax, 5 ; vmcall ; hlt
+    enter_ring(m, cpl, CODE, USER_STACK)
+    ex = m.run()
+    assert (ex.reason, ex.eip, ex.length) == (ExitReason.HYPERCALL, CODE + 5, 3)
+    assert m.instructions == 1 and m.cycles == 1  # the VMCALL is not retired: the VMM is
+    assert str(ex) == f"HYPERCALL vmcall at {CODE + 5:#010x}"
+    assert m.state[S.EXIT_INSTRUCTION_LENGTH] == 3
+
+
+def test_lmsw_loads_mp_em_ts_and_cannot_clear_pe():
+    m = protected_machine()
+    m.state[S.CR0] = 0x80000011  # PG, ET, PE (paging is off below: no tables are needed)
+    m.state[S.CR0] &= ~S.CR0_PG
+    # mov eax, 0xfffe ; lmsw ax ; mov ebx, cr0 ; lmsw [0x6000] ; hlt
+    m.load(CODE, bytes.fromhex("b8 fe ff 00 00 0f 01 f0 0f 20 c3 0f 01 35 00 60 00 00 f4"))
+    m.write32(0x6000, 0x2)
+    enter_ring(m, 0, CODE, 0x8000)
+    m.step()
+    m.step()
+    assert m.state[S.CR0] == 0x1F  # MP EM TS set from the source, PE kept
+    m.step()
+    assert m.regs.ebx == 0x1F
+    ex = m.run()
+    assert ex.reason == ExitReason.HALT
+    assert m.state[S.CR0] == 0x13  # EM TS cleared, MP set, PE still set
+
+
+def test_lmsw_is_privileged_and_exits_as_a_cr0_write_with_the_cr_control():
+    m = protected_machine()
+    set_gate(m, 13, HANDLER)
+    m.load(HANDLER, HLT)
+    m.load(CODE, bytes.fromhex("0f 01 f0"))  # lmsw ax
+    enter_ring(m, 3, CODE, USER_STACK)
+    m.run()
+    assert m.eip == HANDLER + 1 and m.state[S.VECTOR_COUNTS + 13] == 1 and m.state[S.CR0] == 1
+    m = protected_machine()
+    m.state[S.EXIT_CONTROLS] |= S.EXIT_ON_CR_ACCESS
+    m.load(CODE, bytes.fromhex("b8 0e 00 00 00 0f 01 f0"))  # mov eax, 14 ; lmsw ax
+    enter_ring(m, 0, CODE, 0x8000)
+    m.step()
+    ex = m.step()
+    assert (ex.reason, ex.control_register, ex.is_in, ex.register) == (
+        ExitReason.CR_ACCESS,
+        0,
+        False,
+        -1,
+    )
+    assert ex.value == 0xF and m.state[S.CR0] == 1 and ex.eip == CODE + 8
+    assert str(ex).startswith("CR_ACCESS lmsw: cr0 <- 0xf")
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "0f 01 28",  # 0F 01 /5 with a memory operand: no instruction
+        "0f 01 c8",  # 0F 01 /1, mod 3 (MONITOR on newer CPUs)
+        "0f 01 c0",  # 0F 01 /0, mod 3
+        "0f 01 f8",  # 0F 01 /7, mod 3 (SWAPGS in 64-bit mode)
+        "0f 01 d0",  # 0F 01 /2, mod 3 (XGETBV on newer CPUs: not in vmlab's subset)
+        "0f 00 d0",  # 0F 00 /2 LLDT: not in vmlab's subset
+        "0f 20 c8",  # mov eax, cr1
+        "0f 22 e8",  # mov cr5, eax
+        "8e c8",  # mov cs, eax
+        "8c f0",  # mov eax, <segment register 6>
+        "8d c0",  # lea eax, eax
+    ],
+)
+def test_undefined_system_encodings_raise_ud(code):
+    m = protected_machine()
+    m.state[S.EXC_EXIT_BITMAP] = 0xFFFFFFFF
+    m.load(CODE, bytes.fromhex(code) + bytes(8))
+    enter_ring(m, 0, CODE, 0x8000)
+    before = m.state.copy()
+    ex = m.run()
+    assert (ex.reason, ex.vector, ex.eip) == (ExitReason.FAULT, 6, CODE)
+    changed = np.flatnonzero(before != m.state)
+    assert {int(i) for i in changed} <= {
+        S.EXIT_REASON, S.EXIT_VECTOR, S.EXIT_ERROR, S.EXIT_INSTRUCTION_LENGTH,
+        S.FAULT_VECTOR, S.FAULT_ERROR, S.VECTOR_COUNTS + 6,
+    }  # fmt: skip
+
+
+def test_lmsw_no_longer_runs_as_invlpg():
+    m = protected_machine()
+    identity_paging(m)
+    m.state[S.EXC_EXIT_BITMAP] = 0xFFFFFFFF
+    m.load(CODE, bytes.fromhex("0f 01 30 f4"))  # lmsw [eax] ; hlt
+    enter_ring(m, 0, CODE, 0x8000)
+    m.regs.eax = 0x6000
+    m.write32(0x6000, 0x8)
+    m.run()
+    assert m.state[S.CR0] & 0xF == 0x9  # TS set
+
+
+@pytest.mark.parametrize(
+    ("code", "name"),
+    [
+        ("0f 01 15 00 00 40 00", "lgdt [0x400000]"),
+        ("0f 00 1d 00 00 40 00", "ltr [0x400000]"),
+        ("0f 01 35 00 00 40 00", "lmsw [0x400000]"),
+    ],
+)
+def test_privilege_is_checked_before_the_memory_operand(code, name):
+    """At CPL 3 a privileged form raises #GP(0), not the #GP or #PF its operand would."""
+    m = protected_machine()
+    m.state[S.EXC_EXIT_BITMAP] = 0xFFFFFFFF
+    m.load(CODE, bytes.fromhex(code))
+    enter_ring(m, 3, CODE, USER_STACK)
+    identity_paging(m, user=True)
+    ex = m.run()
+    assert (ex.reason, ex.vector, ex.error_code) == (ExitReason.FAULT, 13, 0), name
+    assert m.state[S.CR2] == 0  # (not the #PF its operand, unmapped, would raise)

@@ -27,6 +27,7 @@ from vm.cpu.state import StateView
 DEFAULT_MEMORY = 1 << 20
 DEFAULT_LOAD_ADDRESS = 0x1000
 DEFAULT_BUDGET = 100_000_000
+MAX_BUDGET = 2**63 - 1  # the core counts in int64
 REASONS = tuple(ExitReason)  # by value, for a quick lookup
 EXIT_BREAKPOINT = int(ExitReason.BREAKPOINT)
 
@@ -70,7 +71,7 @@ class Exit(NamedTuple):
     is_in: bool = False
     value: int = 0
     control_register: int = -1  # CR_ACCESS: which CRn; is_in is True for a read
-    register: int = -1  # CR_ACCESS: the general register (0 = EAX ... 7 = EDI)
+    register: int = -1  # CR_ACCESS: the general register (0 = EAX ... 7 = EDI; -1: LMSW)
     length: int = 0  # bytes of the instruction that caused the exit (0: none did)
 
     def __str__(self) -> str:
@@ -82,7 +83,11 @@ class Exit(NamedTuple):
             return f"{self.reason.name} {vector_name(self.vector, software=True)} {where}"
         if self.reason == ExitReason.INTERRUPT:
             return f"INTERRUPT vector {self.vector:#x} {where}"
+        if self.reason == ExitReason.HYPERCALL:
+            return f"HYPERCALL vmcall {where}"
         if self.reason == ExitReason.CR_ACCESS:
+            if self.register < 0:  # LMSW
+                return f"CR_ACCESS lmsw: cr{self.control_register} <- {self.value:#x} {where}"
             gpr = S.REG_NAMES[self.register]
             if self.is_in:
                 return f"CR_ACCESS mov {gpr}, cr{self.control_register} {where}"
@@ -159,6 +164,27 @@ class Registers:
         return "Registers(" + " ".join(parts) + ")"
 
 
+def check_budget(budget: object) -> int:
+    """A run's budget as an int: an int or a numpy integer (not a bool) from 1 to
+    2**63 - 1 instructions; ValueError for anything else."""
+    if budget.__class__ is int and 0 < budget <= MAX_BUDGET:
+        return budget
+    if isinstance(budget, bool) or not isinstance(budget, int | np.integer):
+        raise ValueError(f"budget must be a positive integer, not {budget!r}")
+    if not 1 <= int(budget) <= MAX_BUDGET:
+        raise ValueError(f"budget must be from 1 to 2**63 - 1 instructions, not {int(budget)}")
+    return int(budget)
+
+
+def _as_index(value: object, what: str) -> int:
+    """A non-negative integer argument (an int or numpy integer, not a bool) as an int."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{what} must be an integer, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{what} must not be negative, not {value}")
+    return int(value)
+
+
 def _as_u32(value: int, what: str) -> int:
     if not isinstance(value, int | np.integer) or isinstance(value, bool):
         raise TypeError(f"{what} must be an integer, not {type(value).__name__}")
@@ -174,6 +200,17 @@ class Snapshot:
 
     state: np.ndarray
     memory: np.ndarray
+
+
+def _check_host_memory(memory: object) -> None:
+    """The host memory the core runs on must be a writable, C-contiguous 1-D uint8 array."""
+    if not isinstance(memory, np.ndarray):
+        raise TypeError(f"host_memory must be a numpy array, not {type(memory).__name__}")
+    if memory.dtype != np.uint8 or memory.ndim != 1:
+        shape = f"{memory.ndim}-D {memory.dtype}"
+        raise ValueError(f"host_memory must be a 1-D uint8 array, not {shape}")
+    if not memory.flags.c_contiguous or not memory.flags.writeable:
+        raise ValueError("host_memory must be contiguous and writable (not a strided view)")
 
 
 class Machine:
@@ -192,15 +229,26 @@ class Machine:
         host_memory: np.ndarray | None = None,
         base: int = 0,
     ) -> None:
-        if not isinstance(memory_size, int) or not 4096 <= memory_size <= 1 << 30:
+        if (
+            isinstance(memory_size, bool)
+            or not isinstance(memory_size, int)
+            or not 4096 <= memory_size <= 1 << 30
+        ):
             raise ValueError(f"memory_size must be an int from 4096 to 1 GiB, not {memory_size!r}")
+        if not isinstance(cost, CostModel):
+            raise TypeError(f"cost must be a CostModel, not {type(cost).__name__}")
+        base = _as_index(base, "base")
+        if host_memory is None:
+            if base:
+                raise ValueError("base is the window's place in host_memory: give host_memory")
+            host_memory = np.zeros(memory_size + S.SCRATCH_SIZE, dtype=np.uint8)
+        else:
+            _check_host_memory(host_memory)
+            if base + memory_size > host_memory.size - S.SCRATCH_SIZE:
+                raise ValueError("the machine's window does not fit in the host's memory")
         self.state = S.new_state()
         cost.apply(self.state)
         self.cost = cost
-        if host_memory is None:
-            host_memory = np.zeros(memory_size + S.SCRATCH_SIZE, dtype=np.uint8)
-        elif base < 0 or base + memory_size > host_memory.size - S.SCRATCH_SIZE:
-            raise ValueError("the machine's window does not fit in the host's memory")
         self.memory = host_memory  # what the core runs on
         self.window = host_memory[base : base + memory_size]  # this machine's RAM (a view)
         self.state[S.MEM_BASE] = base
@@ -216,24 +264,29 @@ class Machine:
         """Bytes of guest memory."""
         return int(self.state[S.MEM_SIZE])
 
-    def _check_range(self, address: int, length: int) -> None:
-        if not isinstance(address, int | np.integer) or address < 0:
+    def _check_range(self, address: object, length: object) -> tuple[int, int]:
+        """(address, length) as ints when they name bytes of this machine's RAM."""
+        if isinstance(address, bool) or not isinstance(address, int | np.integer) or address < 0:
             raise ValueError(f"address must be a non-negative integer, not {address!r}")
+        if isinstance(length, bool) or not isinstance(length, int | np.integer) or length < 0:
+            raise ValueError(f"length must be a non-negative integer, not {length!r}")
+        address, length = int(address), int(length)
         if address + length > self.memory_size:
             size = self.memory_size
             raise ValueError(f"{length} bytes at {address:#x} do not fit in {size:#x} bytes of RAM")
+        return address, length
 
     def load(self, address: int, data: bytes) -> None:
         """Copy bytes into memory at address."""
         data = bytes(data)
-        self._check_range(address, len(data))
-        self.window[address : address + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        address, length = self._check_range(address, len(data))
+        self.window[address : address + length] = np.frombuffer(data, dtype=np.uint8)
 
     write = load
 
     def read(self, address: int, length: int) -> bytes:
         """Bytes of memory."""
-        self._check_range(address, length)
+        address, length = self._check_range(address, length)
         return self.window[address : address + length].tobytes()
 
     def read32(self, address: int) -> int:
@@ -341,6 +394,7 @@ class Machine:
 
     def remove_breakpoint(self, address: int) -> None:
         """Forget a breakpoint (no error if there is none)."""
+        address = _as_u32(address, "breakpoint address")
         points = [a for a in self.breakpoints if a != address]
         self.state[S.BREAKPOINTS : S.BREAKPOINTS + len(points)] = points
         self.state[S.N_BREAKPOINTS] = len(points)
@@ -348,10 +402,8 @@ class Machine:
     # ---- running --------------------------------------------------------------------------
     def run(self, budget: int = DEFAULT_BUDGET) -> Exit:
         """Run until an exit (at most ``budget`` instructions) and return it."""
-        if budget.__class__ is not int and not isinstance(budget, np.integer):
-            raise ValueError(f"budget must be a positive integer, not {budget!r}")
-        if budget < 1:
-            raise ValueError(f"budget must be a positive integer, not {budget!r}")
+        if budget.__class__ is not int or not 0 < budget <= MAX_BUDGET:
+            budget = check_budget(budget)
         state = self.state
         if state[S.EXIT_REASON] == EXIT_BREAKPOINT:
             state[S.SKIP_BREAKPOINT] = 1  # resume past the breakpoint we stopped at
@@ -387,6 +439,8 @@ class Machine:
             return Exit(reason, eip, slots[at + S.EXIT_VECTOR], length=length)
         if reason == ExitReason.INTERRUPT:
             return Exit(reason, eip, slots[at + S.EXIT_VECTOR])
+        if reason == ExitReason.HYPERCALL:  # EIP at the VMCALL: the VMM moves it past
+            return Exit(reason, eip, length=length)
         if reason == ExitReason.CR_ACCESS:
             return Exit(
                 reason,
@@ -395,6 +449,7 @@ class Machine:
                 value=slots[at + S.EXIT_VALUE],
                 control_register=slots[at + S.EXIT_CR],
                 register=slots[at + S.EXIT_CR_REGISTER],
+                length=length,
             )
         return Exit(reason, eip)
 
@@ -413,8 +468,24 @@ class Machine:
         return Snapshot(self.state.copy(), self.window.copy())
 
     def restore(self, snapshot: Snapshot) -> None:
-        """Put the machine back as it was when the snapshot was taken."""
-        if snapshot.memory.shape != self.window.shape:
+        """Put the machine back as it was when the snapshot was taken.
+
+        A snapshot of another machine of the same memory size may be restored (a clone):
+        its state and RAM are copied into this machine's, which keeps its own place in
+        the host's memory (the guest-physical window is never taken from a snapshot).
+        """
+        if not isinstance(snapshot, Snapshot):
+            raise TypeError(f"restore() takes a Snapshot, not {type(snapshot).__name__}")
+        state, memory = snapshot.state, snapshot.memory
+        if (
+            not isinstance(state, np.ndarray)
+            or state.shape != self.state.shape
+            or (state.dtype != np.int64)
+        ):
+            raise ValueError("this snapshot's state is not a state array of this CPU")
+        if not isinstance(memory, np.ndarray) or memory.shape != self.window.shape:
             raise ValueError("this snapshot is of a machine with a different memory size")
-        self.state[:] = snapshot.state
-        self.window[:] = snapshot.memory
+        base, size = self.state[S.MEM_BASE], self.state[S.MEM_SIZE]
+        self.state[:] = state
+        self.state[S.MEM_BASE], self.state[S.MEM_SIZE] = base, size
+        self.window[:] = memory

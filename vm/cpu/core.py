@@ -40,7 +40,9 @@ from vm.cpu.alu import (
     umul32,
 )
 from vm.cpu.decode import (
+    ACC_CPL0,
     ACC_POP,
+    ACC_PRIVILEGED,
     ACC_PUSH,
     ACC_READ,
     ACC_SIZE_SHIFT,
@@ -60,6 +62,7 @@ from vm.cpu.exits import (
     EXIT_CR_ACCESS,
     EXIT_FAULT,
     EXIT_HALT,
+    EXIT_HYPERCALL,
     EXIT_INTERRUPT,
     EXIT_IO,
     EXIT_NONE,
@@ -85,6 +88,7 @@ from vm.cpu.memory import (
     PAGE_MASK,
     host_index,
     host_index_slow,
+    invalidate_page,
     load,
     read32,
     store,
@@ -117,10 +121,12 @@ from vm.cpu.state import (
     EXIT_ERROR,
     EXIT_INSTRUCTION_LENGTH,
     EXIT_IS_IN,
+    EXIT_ON_CPUID,
     EXIT_ON_HLT,
     EXIT_ON_INTERRUPT,
     EXIT_ON_IO,
     EXIT_ON_SOFT_INT,
+    EXIT_ON_VMCALL,
     EXIT_PORT,
     EXIT_REASON,
     EXIT_SIZE,
@@ -147,18 +153,30 @@ from vm.cpu.state import (
     STATE_SIZE,
     TIMER_NEXT,
     TIMER_PERIOD,
+    TLB_ENTRIES,
+    TLB_TAGS,
+    TLB_VALUES,
+    TR,
     VECTOR_COUNTS,
 )
 from vm.cpu.system import (
     SYSTEM_BLOCK_INTERRUPTS,
-    SYSTEM_EXIT_CPUID,
     SYSTEM_EXIT_CR_ACCESS,
     SYSTEM_FAULT,
+    cpuid,
     deliver,
     iret,
-    system_instruction,
+    load_machine_status_word,
+    load_table_register,
+    load_task_register,
+    mov_from_cr,
+    mov_from_sreg,
+    mov_to_cr,
+    mov_to_sreg,
+    store_table_register,
+    store_word_or_dword,
 )
-from vm.isa import POPF_WRITABLE
+from vm.isa import FORM_SLOTS, HANDLER_FAMILIES, OPCODE_INDEXES, POPF_WRITABLE, form_slots
 
 VECTOR_DE = 0  # divide error
 VECTOR_BP = 3  # breakpoint (INT3)
@@ -168,122 +186,91 @@ VECTOR_GP = 13  # general protection
 NO_ERROR_CODE = -1
 
 
-# Which branch of run() executes each opcode (index: the opcode byte, or 256 + the byte
-# after 0F). A chain of "handler == H_..." tests compiles to one jump through a table.
-(
-    H_UD,
-    H_MOV_STORE,
-    H_MOV_LOAD,
-    H_ALU,
-    H_JCC,
-    H_INC_DEC_REG,
-    H_PUSH_REG,
-    H_POP_REG,
-    H_ALU_IMM,
-    H_CALL_REL,
-    H_RET,
-    H_RET_IMM,
-    H_JMP_REL8,
-    H_JMP_REL32,
-    H_MOV_R8_IMM,
-    H_MOV_R32_IMM,
-    H_TEST_RM,
-    H_TEST_ACC,
-    H_LEA,
-    H_MOV_RM_IMM,
-    H_SHIFT,
-    H_GROUP3,
-    H_GROUP5,
-    H_PUSH_IMM32,
-    H_PUSH_IMM8,
-    H_POP_RM,
-    H_NOP,
-    H_XCHG_EAX,
-    H_XCHG_RM,
-    H_SETCC,
-    H_MOVZX,
-    H_MOVSX,
-    H_IMUL,
-    H_BT,
-    H_LOOP,
-    H_LEAVE,
-    H_PUSHAD,
-    H_POPAD,
-    H_PUSHF,
-    H_POPF,
-    H_CWDE,
-    H_CDQ,
-    H_MOV_MOFFS,
-    H_STRING,
-    H_CLC,
-    H_STC,
-    H_CMC,
-    H_CLD,
-    H_STD,
-    H_INT3,
-    H_INT,
-    H_HLT,
-    H_CLI_STI,
-    H_IO,
-    H_IRET,
-    H_SYSTEM,
-) = range(56)
-HANDLER = np.zeros(512, dtype=np.int64)
-HANDLER[[0x88, 0x89]] = H_MOV_STORE
-HANDLER[[0x8A, 0x8B]] = H_MOV_LOAD
-HANDLER[[op for op in range(0x40) if op & 7 < 6]] = H_ALU  # 00-3D: six forms per operation
-HANDLER[[*range(0x70, 0x80), *range(0x180, 0x190)]] = H_JCC
-HANDLER[0x40:0x50] = H_INC_DEC_REG
-HANDLER[0x50:0x58] = H_PUSH_REG
-HANDLER[0x58:0x60] = H_POP_REG
-HANDLER[[0x80, 0x81, 0x83]] = H_ALU_IMM
-HANDLER[0xE8] = H_CALL_REL
-HANDLER[0xC3] = H_RET
-HANDLER[0xC2] = H_RET_IMM
-HANDLER[0xEB] = H_JMP_REL8
-HANDLER[0xE9] = H_JMP_REL32
-HANDLER[0xB0:0xB8] = H_MOV_R8_IMM
-HANDLER[0xB8:0xC0] = H_MOV_R32_IMM
-HANDLER[[0x84, 0x85]] = H_TEST_RM
-HANDLER[[0xA8, 0xA9]] = H_TEST_ACC
-HANDLER[0x8D] = H_LEA
-HANDLER[[0xC6, 0xC7]] = H_MOV_RM_IMM
-HANDLER[[0xC0, 0xC1, *range(0xD0, 0xD4)]] = H_SHIFT
-HANDLER[[0xF6, 0xF7]] = H_GROUP3
-HANDLER[[0xFE, 0xFF]] = H_GROUP5
-HANDLER[0x68] = H_PUSH_IMM32
-HANDLER[0x6A] = H_PUSH_IMM8
-HANDLER[0x8F] = H_POP_RM
-HANDLER[0x90] = H_NOP
-HANDLER[0x91:0x98] = H_XCHG_EAX
-HANDLER[[0x86, 0x87]] = H_XCHG_RM
-HANDLER[0x190:0x1A0] = H_SETCC
-HANDLER[[0x1B6, 0x1B7]] = H_MOVZX
-HANDLER[[0x1BE, 0x1BF]] = H_MOVSX
-HANDLER[[0x69, 0x6B, 0x1AF]] = H_IMUL
-HANDLER[[0x1A3, 0x1BA]] = H_BT
-HANDLER[0xE2] = H_LOOP
-HANDLER[0xC9] = H_LEAVE
-HANDLER[0x60] = H_PUSHAD
-HANDLER[0x61] = H_POPAD
-HANDLER[0x9C] = H_PUSHF
-HANDLER[0x9D] = H_POPF
-HANDLER[0x98] = H_CWDE
-HANDLER[0x99] = H_CDQ
-HANDLER[0xA0:0xA4] = H_MOV_MOFFS
-HANDLER[[*range(0xA4, 0xA8), *range(0xAA, 0xB0)]] = H_STRING
-HANDLER[0xF8] = H_CLC
-HANDLER[0xF9] = H_STC
-HANDLER[0xF5] = H_CMC
-HANDLER[0xFC] = H_CLD
-HANDLER[0xFD] = H_STD
-HANDLER[0xCC] = H_INT3
-HANDLER[0xCD] = H_INT
-HANDLER[0xF4] = H_HLT
-HANDLER[[0xFA, 0xFB]] = H_CLI_STI
-HANDLER[[*range(0xE4, 0xE8), *range(0xEC, 0xF0)]] = H_IO
-HANDLER[0xCF] = H_IRET
-HANDLER[[0x100, 0x101, 0x120, 0x122, 0x8C, 0x8E, 0x1A2]] = H_SYSTEM
+# Which branch of run() executes each form slot (opcode index * 8 + ModRM.reg), derived
+# from the handler family of the table's rows (vm.isa Form.handler); H_UD for every slot
+# that is no form. A chain of "handler == H_..." tests compiles to one jump through a table.
+FAMILY = {name: number for number, name in enumerate(HANDLER_FAMILIES)}
+H_UD = FAMILY["ud"]
+H_MOV_STORE = FAMILY["mov_store"]
+H_MOV_LOAD = FAMILY["mov_load"]
+H_ALU = FAMILY["alu"]
+H_JCC = FAMILY["jcc"]
+H_INC_DEC_REG = FAMILY["inc_dec_reg"]
+H_PUSH_REG = FAMILY["push_reg"]
+H_POP_REG = FAMILY["pop_reg"]
+H_ALU_IMM = FAMILY["alu_imm"]
+H_CALL_REL = FAMILY["call_rel"]
+H_RET = FAMILY["ret"]
+H_RET_IMM = FAMILY["ret_imm"]
+H_JMP_REL8 = FAMILY["jmp_rel8"]
+H_JMP_REL32 = FAMILY["jmp_rel32"]
+H_MOV_R8_IMM = FAMILY["mov_r8_imm"]
+H_MOV_R32_IMM = FAMILY["mov_r32_imm"]
+H_TEST_RM = FAMILY["test_rm"]
+H_TEST_ACC = FAMILY["test_acc"]
+H_LEA = FAMILY["lea"]
+H_MOV_RM_IMM = FAMILY["mov_rm_imm"]
+H_SHIFT = FAMILY["shift"]
+H_GROUP3 = FAMILY["group3"]
+H_GROUP5 = FAMILY["group5"]
+H_PUSH_IMM32 = FAMILY["push_imm32"]
+H_PUSH_IMM8 = FAMILY["push_imm8"]
+H_POP_RM = FAMILY["pop_rm"]
+H_NOP = FAMILY["nop"]
+H_XCHG_EAX = FAMILY["xchg_eax"]
+H_XCHG_RM = FAMILY["xchg_rm"]
+H_SETCC = FAMILY["setcc"]
+H_MOVZX = FAMILY["movzx"]
+H_MOVSX = FAMILY["movsx"]
+H_IMUL = FAMILY["imul"]
+H_BT = FAMILY["bt"]
+H_LOOP = FAMILY["loop"]
+H_LEAVE = FAMILY["leave"]
+H_PUSHAD = FAMILY["pushad"]
+H_POPAD = FAMILY["popad"]
+H_PUSHF = FAMILY["pushf"]
+H_POPF = FAMILY["popf"]
+H_CWDE = FAMILY["cwde"]
+H_CDQ = FAMILY["cdq"]
+H_MOV_MOFFS = FAMILY["mov_moffs"]
+H_STRING = FAMILY["string"]
+H_CLC = FAMILY["clc"]
+H_STC = FAMILY["stc"]
+H_CMC = FAMILY["cmc"]
+H_CLD = FAMILY["cld"]
+H_STD = FAMILY["std"]
+H_INT3 = FAMILY["int3"]
+H_INT = FAMILY["int"]
+H_HLT = FAMILY["hlt"]
+H_CLI_STI = FAMILY["cli_sti"]
+H_IO = FAMILY["io"]
+H_IRET = FAMILY["iret"]
+H_SGDT_SIDT = FAMILY["sgdt_sidt"]
+H_LGDT_LIDT = FAMILY["lgdt_lidt"]
+H_SMSW = FAMILY["smsw"]
+H_LMSW = FAMILY["lmsw"]
+H_INVLPG = FAMILY["invlpg"]
+H_SLDT_STR = FAMILY["sldt_str"]
+H_LTR = FAMILY["ltr"]
+H_MOV_FROM_CR = FAMILY["mov_from_cr"]
+H_MOV_TO_CR = FAMILY["mov_to_cr"]
+H_MOV_FROM_SREG = FAMILY["mov_from_sreg"]
+H_MOV_TO_SREG = FAMILY["mov_to_sreg"]
+H_CPUID = FAMILY["cpuid"]
+H_UD2 = FAMILY["ud2"]
+H_VMCALL = FAMILY["vmcall"]
+HANDLER = np.zeros(FORM_SLOTS, dtype=np.int64)
+for (_slot, _), _form in form_slots().items():
+    HANDLER[_slot] = FAMILY[_form.family]
+# The same by opcode index, which the decoder knows first (so the jump waits for the opcode
+# byte only): the family all its forms share, or H_BY_DIGIT where the ModRM digit picks it
+# (0F 00 and 0F 01: SGDT ... INVLPG), for HANDLER to say.
+H_BY_DIGIT = -1
+OP_HANDLER = np.zeros(OPCODE_INDEXES, dtype=np.int64)
+for _op in range(OPCODE_INDEXES):
+    _families = set(HANDLER[_op * 8 : _op * 8 + 8].tolist()) - {H_UD}
+    if _families:
+        OP_HANDLER[_op] = _families.pop() if len(_families) == 1 else H_BY_DIGIT
 
 
 @jit(b1(State, i64, i64))
@@ -298,6 +285,14 @@ def raise_fault(state, vector, error):
 def io_allowed(state, flags):
     """IN, OUT, CLI and STI need CPL <= IOPL."""
     return (state[CS] & 3) <= ((flags & FLAG_IOPL) >> 12)
+
+
+@jit(b1(State, i64, i64))
+def privilege_allows(state, access, flags):
+    """May this privileged form run now (ACC_CPL0: at CPL 0; ACC_IOPL: at CPL <= IOPL)?"""
+    if access & ACC_CPL0:
+        return (state[CS] & 3) == 0
+    return io_allowed(state, flags)
 
 
 @jit(
@@ -447,7 +442,8 @@ def raise_event(mem, state, vector, error, return_eip, flags, software, instruct
     interrupt becomes a double fault (#DF); a fault while delivering that is a triple
     fault: SHUTDOWN, as on real x86.
     """
-    state[VECTOR_COUNTS + (vector & 0xFF)] += 1
+    vector &= 0xFF  # (vectors are 8 bits, whatever FAULT_VECTOR or the PIC's base say)
+    state[VECTOR_COUNTS + vector] += 1
     if software:
         if state[EXIT_CONTROLS] & EXIT_ON_SOFT_INT:
             word = state[SOFT_INT_EXITS + ((vector >> 5) & 7)]
@@ -463,9 +459,9 @@ def raise_event(mem, state, vector, error, return_eip, flags, software, instruct
     if ok:
         return EVENT_DELIVERED, new_eip, new_flags
     if software:  # the INT instruction faults instead
-        vector = state[FAULT_VECTOR]
+        vector = state[FAULT_VECTOR] & 0xFF
         error = state[FAULT_ERROR]
-        state[VECTOR_COUNTS + (vector & 0xFF)] += 1
+        state[VECTOR_COUNTS + vector] += 1
         if (state[EXC_EXIT_BITMAP] >> vector) & 1:
             state[EXIT_VECTOR] = vector
             state[EXIT_ERROR] = error
@@ -489,23 +485,32 @@ def raise_event(mem, state, vector, error, return_eip, flags, software, instruct
 @jit(i64(State, Mem, i64))
 def run(state, mem, budget):
     """Run at most ``budget`` instructions; return the exit reason."""
-    # The guest-physical window and the scratch bytes after it must lie inside the host
-    # array, and the state must be whole, or nothing runs.
+    # The state is public: Python may have written any int64 into any slot. What the core
+    # would use as an index or an address is made safe here, once per call (the run loop
+    # keeps it so): the guest-physical window and the scratch bytes after it must lie
+    # inside the host array and the state must be whole, or nothing runs; registers are
+    # 32-bit; a TLB entry naming a page outside the window is dropped.
     if state.size < STATE_SIZE:
         return EXIT_SHUTDOWN
     membase = state[MEM_BASE]
     memsize = state[MEM_SIZE]
     scratch_at = mem.size - SCRATCH_SIZE
-    if membase < 0 or memsize < 0 or membase + memsize > scratch_at:
+    if membase < 0 or memsize < 0 or memsize > scratch_at or membase > scratch_at - memsize:
         state[EXIT_REASON] = EXIT_SHUTDOWN
         return EXIT_SHUTDOWN
+    for r in range(8):
+        state[r] &= MASK32
+    last_page = memsize - 4096  # the last page a TLB entry may name
+    for slot in range(TLB_ENTRIES):
+        if state[TLB_VALUES + slot] & PAGE_MASK > last_page:
+            state[TLB_TAGS + slot] = -1
     nbreak = max(0, min(state[N_BREAKPOINTS], MAX_BREAKPOINTS))
     skip_break = state[SKIP_BREAKPOINT]
     state[SKIP_BREAKPOINT] = 0
     controls = state[EXIT_CONTROLS]
 
-    eip = state[EIP]
-    flags = state[EFLAGS]
+    eip = state[EIP] & MASK32
+    flags = state[EFLAGS] & MASK32
     lop = LOP_NONE  # lazy flags: see vm.cpu.flags
     la = 0
     lb = 0
@@ -537,12 +542,13 @@ def run(state, mem, budget):
             walks_seen = walks
         if timer_period > 0 and cycles >= tick_at:
             state[PIC_IRR] |= 1  # IRQ 0
-            while tick_at <= cycles:  # ticks missed while interrupts were off merge into one
-                tick_at += timer_period
+            # ticks missed while interrupts were off merge into one: the next is the first
+            # tick_at + k * period after now
+            tick_at += ((cycles - tick_at) // timer_period + 1) * timer_period
             irq_pending = irq_waiting(state)
         if irq_pending and controls & EXIT_ON_INTERRUPT:  # the VMM takes every IRQ, IF or not
             irq = take_irq(state)
-            state[EXIT_VECTOR] = state[PIC_VECTOR_BASE] + irq
+            state[EXIT_VECTOR] = (state[PIC_VECTOR_BASE] + irq) & 0xFF
             reason = EXIT_INTERRUPT
             break
         if irq_pending and flags & FLAG_IF and not blocked_by_sti_or_mov_ss:
@@ -620,7 +626,9 @@ def run(state, mem, budget):
         if fault or access == 0:
             pass
         else:
-            if access & (ACC_READ | ACC_WRITE):
+            if access & ACC_PRIVILEGED and not privilege_allows(state, access, flags):
+                fault = raise_fault(state, VECTOR_GP, 0)  # (Form.privileged, before all else)
+            elif access & (ACC_READ | ACC_WRITE):
                 if mod == 3:
                     src = get_reg(state, rm, size)
                 else:
@@ -645,7 +653,9 @@ def run(state, mem, budget):
         pushed = 0  # the dword a push writes
 
         # ---- 3. execute -------------------------------------------------------------------
-        handler = HANDLER[op]
+        handler = OP_HANDLER[op]
+        if handler == H_BY_DIGIT:
+            handler = HANDLER[form]
         if fault:
             pass
         elif handler == H_MOV_STORE:  # 89 /r  MOV r/m32, r32;  88 /r  MOV r/m8, r8
@@ -958,10 +968,8 @@ def run(state, mem, budget):
             fault = trap = raise_fault(state, VECTOR_BP, NO_ERROR_CODE)
         elif handler == H_INT:  # CD ib  INT imm8: a software interrupt, EIP after the instruction
             fault = trap = raise_fault(state, imm, NO_ERROR_CODE)
-        elif handler == H_HLT:  # F4  HLT (privileged): wait for an interrupt
-            if user or state[CS] & 3:
-                fault = raise_fault(state, VECTOR_GP, 0)
-            elif controls & EXIT_ON_HLT or not flags & FLAG_IF:
+        elif handler == H_HLT:  # F4  HLT (CPL 0): wait for an interrupt
+            if controls & EXIT_ON_HLT or not flags & FLAG_IF:
                 reason = EXIT_HALT  # (with IF clear, nothing could wake it)
             elif irq_pending:
                 pass  # an interrupt is waiting: it is taken before the next instruction
@@ -970,9 +978,7 @@ def run(state, mem, budget):
             else:
                 reason = EXIT_HALT
         elif handler == H_CLI_STI:  # FA  CLI;  FB  STI  (CPL <= IOPL)
-            if not io_allowed(state, flags):
-                fault = raise_fault(state, VECTOR_GP, 0)
-            elif op == 0xFA:
+            if op == 0xFA:
                 flags &= ~FLAG_IF
             else:
                 blocked_by_sti_or_mov_ss = not flags & FLAG_IF  # (for one instruction)
@@ -980,28 +986,25 @@ def run(state, mem, budget):
         elif handler == H_IO:
             # E4 ib  IN AL, imm8;  E5 ib  IN EAX, imm8;  E6 ib  OUT imm8, AL;  E7 ib  OUT imm8, EAX
             # EC  IN AL, DX;  ED  IN EAX, DX;  EE  OUT DX, AL;  EF  OUT DX, EAX  (CPL <= IOPL)
-            if not io_allowed(state, flags):
-                fault = raise_fault(state, VECTOR_GP, 0)
-            else:
-                osize = 4 if op & 1 else 1
-                is_in = (op & 2) == 0
-                port = imm if op < 0xEC else state[EDX] & 0xFFFF
-                value = 0 if is_in else get_reg(state, EAX, osize)
-                if not controls & EXIT_ON_IO and is_core_port(port):  # PIC and PIT
-                    state[TIMER_NEXT] = state[CYCLES] + tick_at  # (the device may change it)
-                    value = device_io(state, port, is_in, value, state[CYCLES] + cycles)
-                    if is_in:
-                        set_reg(state, EAX, osize, value)
-                    cycles += state[COST_IO]
-                    timer_period = state[TIMER_PERIOD]
-                    tick_at = state[TIMER_NEXT] - state[CYCLES]
-                    irq_pending = irq_waiting(state)
-                else:  # every other port is emulated in Python
-                    state[EXIT_PORT] = port
-                    state[EXIT_SIZE] = osize
-                    state[EXIT_IS_IN] = 1 if is_in else 0
-                    state[EXIT_VALUE] = value
-                    reason = EXIT_IO
+            osize = 4 if op & 1 else 1
+            is_in = (op & 2) == 0
+            port = imm if op < 0xEC else state[EDX] & 0xFFFF
+            value = 0 if is_in else get_reg(state, EAX, osize)
+            if not controls & EXIT_ON_IO and is_core_port(port):  # PIC and PIT
+                state[TIMER_NEXT] = state[CYCLES] + tick_at  # (the device may change it)
+                value = device_io(state, port, is_in, value, state[CYCLES] + cycles)
+                if is_in:
+                    set_reg(state, EAX, osize, value)
+                cycles += state[COST_IO]
+                timer_period = state[TIMER_PERIOD]
+                tick_at = state[TIMER_NEXT] - state[CYCLES]
+                irq_pending = irq_waiting(state)
+            else:  # every other port is emulated in Python
+                state[EXIT_PORT] = port
+                state[EXIT_SIZE] = osize
+                state[EXIT_IS_IN] = 1 if is_in else 0
+                state[EXIT_VALUE] = value
+                reason = EXIT_IO
         elif handler == H_IRET:  # CF  IRET (to any ring; pops ESP and SS when going out)
             ok, new_eip, new_flags = iret(mem, state, materialize(lop, la, lb, lres, lmask, flags))
             if not ok:
@@ -1009,20 +1012,60 @@ def run(state, mem, budget):
             else:
                 eip, flags, lop = new_eip, new_flags, LOP_NONE
                 irq_pending = irq_waiting(state)
-        elif handler == H_SYSTEM:
-            # 0F 01  SGDT SIDT LGDT LIDT SMSW INVLPG;  0F 00  SLDT STR LTR;  0F 20/22  MOV CRn;
-            # 8C/8E  MOV to and from Sreg;  0F A2  CPUID: see vm.cpu.system
-            status = system_instruction(mem, state, op, mod, reg, rm, ea, src, user)
+        # ---- system forms (vm.cpu.system) ----------------------------------------------
+        elif handler == H_SGDT_SIDT:  # 0F 01 /0  SGDT m;  0F 01 /1  SIDT m  (reveal the bases)
+            fault = store_table_register(mem, state, reg == 1, ea, user)
+        elif handler == H_LGDT_LIDT:  # 0F 01 /2  LGDT m;  0F 01 /3  LIDT m  (CPL 0)
+            fault = load_table_register(mem, state, reg == 3, ea, user)
+        elif handler == H_SMSW:  # 0F 01 /4  SMSW r/m32 (reveals CR0)
+            fault = store_word_or_dword(mem, state, mod, rm, ea, state[CR0], user)
+        elif handler == H_LMSW:  # 0F 01 /6  LMSW r/m16 (CPL 0): CR0's PE MP EM TS
+            status = load_machine_status_word(state, src)
+            if status == SYSTEM_EXIT_CR_ACCESS:
+                reason = EXIT_CR_ACCESS
+        elif handler == H_INVLPG:  # 0F 01 /7  INVLPG m (CPL 0)
+            invalidate_page(state, ea)
+        elif handler == H_SLDT_STR:
+            # 0F 00 /0  SLDT r/m32 (there is never an LDT);  0F 00 /1  STR r/m32
+            value = 0 if reg == 0 else state[TR]
+            fault = store_word_or_dword(mem, state, mod, rm, ea, value, user)
+        elif handler == H_LTR:  # 0F 00 /3  LTR r/m16 (CPL 0)
+            fault = not load_task_register(mem, state, src)
+        elif handler == H_MOV_FROM_CR:  # 0F 20 /r  MOV r32, CRn (CPL 0)
+            status = mov_from_cr(state, reg, rm)
+            if status == SYSTEM_FAULT:
+                fault = True
+            elif status == SYSTEM_EXIT_CR_ACCESS:
+                reason = EXIT_CR_ACCESS
+        elif handler == H_MOV_TO_CR:  # 0F 22 /r  MOV CRn, r32 (CPL 0)
+            status = mov_to_cr(state, reg, rm)
+            if status == SYSTEM_FAULT:
+                fault = True
+            elif status == SYSTEM_EXIT_CR_ACCESS:
+                reason = EXIT_CR_ACCESS
+        elif handler == H_MOV_FROM_SREG:  # 8C /r  MOV r/m32, Sreg (MOV r/m, CS reveals the CPL)
+            fault = mov_from_sreg(mem, state, reg, mod, rm, ea, user)
+        elif handler == H_MOV_TO_SREG:  # 8E /r  MOV Sreg, r/m16 (not CS)
+            status = mov_to_sreg(mem, state, reg, src)
             if status == SYSTEM_FAULT:
                 fault = True
             elif status == SYSTEM_BLOCK_INTERRUPTS:
                 blocked_by_sti_or_mov_ss = True  # after MOV SS, interrupts wait one instruction
-            elif status == SYSTEM_EXIT_CPUID:
+        elif handler == H_CPUID:  # 0F A2  CPUID
+            if controls & EXIT_ON_CPUID:
                 reason = EXIT_CPUID
-            elif status == SYSTEM_EXIT_CR_ACCESS:
-                reason = EXIT_CR_ACCESS
-        else:
-            # 0F 0B  UD2;  0F 01 C1  VMCALL (#UD outside a VM);  anything else unsupported
+            else:
+                cpuid(state)
+        elif handler == H_VMCALL:  # 0F 01 C1  VMCALL
+            if controls & EXIT_ON_VMCALL:  # as VT-x: an exit at the VMCALL, not retired
+                eip = start
+                reason = EXIT_HYPERCALL
+                state[EXIT_INSTRUCTION_LENGTH] = length
+                break
+            fault = raise_fault(state, VECTOR_UD, NO_ERROR_CODE)  # (outside a VM)
+        elif handler == H_UD2:  # 0F 0B  UD2: the instruction that is #UD on purpose
+            fault = raise_fault(state, VECTOR_UD, NO_ERROR_CODE)
+        else:  # H_UD: no form of the table (the decoder let it through; it does not)
             fault = raise_fault(state, VECTOR_UD, NO_ERROR_CODE)
 
         # ---- 4. write back and retire ----------------------------------------------------

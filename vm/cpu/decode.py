@@ -2,27 +2,52 @@
 
 The decoder is table-driven: ``OPINFO`` (built from the instruction table in vm.isa) says
 for each opcode whether a ModRM byte follows, how many immediate bytes follow, and which
-ModRM digits are supported. The core decodes every instruction with ``decode`` and then
-executes it by opcode; ``instruction_length`` runs the same decoder from Python.
+ModRM digits are instructions with a register operand and which with a memory operand;
+every other encoding is #UD. The core decodes every instruction with ``decode`` and then
+runs the branch its form slot names (``opcode index * 8 + ModRM.reg``, vm.isa.form_slots);
+``ACCESS`` (also from the table) says what the operand stage does first.
+``instruction_length`` and ``decode_form`` run the same decoder from Python.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from numba import types
 
 from vm.cpu.jit import Mem, State, Table, i64, jit, jit_inline
-from vm.isa import FORMS, IMM_SIZES
+from vm.isa import (
+    EXACT_MODRM_FORMS,
+    EXACT_MODRM_INDEX,
+    FORM_SLOTS,
+    FORMS,
+    IMM_SIZES,
+    MAX_EXACT_MODRM,
+    OPCODE_INDEXES,
+    PRIV_CPL0,
+    PRIV_IOPL,
+    Form,
+    form_digits,
+    form_sides,
+    form_slots,
+    opcode_index,
+)
 
-# OPINFO bits, per opcode index (first byte, or 256 + second byte after 0F).
+# OPINFO bits, per opcode index (the byte, 256 + the byte after 0F, 512 + k for the k-th
+# encoding fixed by its whole ModRM byte: vm.isa.opcode_index).
 HAS_MODRM = 1 << 0
 IMM_SHIFT = 1  # bits 1..3: immediate size in bytes (0, 1, 2 or 4)
 IMM_ONLY_DIGIT0 = 1 << 4  # F6/F7: only /0 (TEST) has an immediate
 VALID = 1 << 5
-DIGITS_SHIFT = 8  # bits 8..15: ModRM digits supported (all eight for /r and no-ModRM)
 PREFIX = 1 << 6  # the byte is a prefix the decoder accepts, not an opcode
 REG_ONLY = 1 << 7  # ModRM.rm always names a register (MOV to/from CRn ignore mod)
-MEMORY_ONLY = 1 << 16  # ModRM must name memory (LEA): mod = 3 is not an instruction
+EXACT_MODRM = 1 << 16  # some ModRM bytes with mod 3 name a form of their own (0F 01 C1)
+DIGITS_MEM_SHIFT = 8  # bits 8..15: ModRM digits that are a form with a memory operand
+DIGITS_REG_SHIFT = 24  # bits 24..31: ModRM digits that are a form with a register operand
+# After the opcode indexes: the keys of the EXACT_MODRM forms, (opcode index << 8) | ModRM.
+EXACT_KEYS = OPCODE_INDEXES
+OPINFO_SIZE = EXACT_KEYS + MAX_EXACT_MODRM
 
 MAX_PREFIXES = 4
 MAX_INSTRUCTION = 15
@@ -33,102 +58,82 @@ PREFIX_REPNE = 0xF2
 SEGMENT_PREFIXES = (0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65)
 
 
-def opcode_index(opcode: bytes) -> int:
-    """The OPINFO index of an opcode: its byte, or 256 + the byte after 0F."""
-    return 256 + opcode[1] if opcode[0] == 0x0F else opcode[0]
+def _byte_index(form: Form) -> int:
+    """The opcode index of a form's first two opcode bytes (0F 01 for VMCALL's 0F 01 C1)."""
+    return 256 + form.opcode[1] if form.opcode[0] == 0x0F else form.opcode[0]
 
 
 def build_opinfo() -> np.ndarray:
     """Derive the decoder's per-opcode table from vm.isa.FORMS."""
-    info = np.zeros(512, dtype=np.int64)
+    info = np.zeros(OPINFO_SIZE, dtype=np.int64)
+    info[EXACT_KEYS:] = -1
     imm_by_digit: dict[int, dict[int, int]] = {}
     for form in FORMS:
-        index = opcode_index(form.opcode)
+        index = opcode_index(form)
         imm = sum(IMM_SIZES.get(kind, 0) for kind in form.operands)
-        indices = [index + r for r in range(8)] if form.plus_reg else [index]
-        for i in indices:
+        for i in [index + r for r in range(8)] if form.plus_reg else [index]:
             bits = VALID
             if form.modrm is not None:
                 bits |= HAS_MODRM
+                for digit in form_digits(form):
+                    for memory in form_sides(form):
+                        bits |= 1 << ((DIGITS_MEM_SHIFT if memory else DIGITS_REG_SHIFT) + digit)
+                if form.modrm != "r":
+                    imm_by_digit.setdefault(i, {})[int(form.modrm)] = imm
             if "r32rm" in form.operands:
                 bits |= REG_ONLY
-            if "sreg" in form.operands:  # ES CS SS DS FS GS; CS cannot be loaded
-                digits = 0x3D if form.operands[0] == "sreg" else 0x3F
-            elif form.modrm in (None, "r"):
-                digits = 0xFF
-            else:
-                digits = 1 << int(form.modrm)
-                imm_by_digit.setdefault(i, {})[int(form.modrm)] = imm
-            info[i] |= bits | (digits << DIGITS_SHIFT)
+            info[i] |= bits
             info[i] |= max(imm, (int(info[i]) >> IMM_SHIFT) & 7) << IMM_SHIFT
     for i, sizes in imm_by_digit.items():
         if len(set(sizes.values())) > 1:  # F6/F7: TEST has an immediate, NOT..IDIV do not
             assert set(sizes) >= {0} and all(v == 0 for d, v in sizes.items() if d != 0), i
             info[i] = (info[i] & ~(7 << IMM_SHIFT)) | (sizes[0] << IMM_SHIFT) | IMM_ONLY_DIGIT0
-    for form in FORMS:  # opcodes whose every form takes a memory operand only
-        index = opcode_index(form.opcode)
-        if all("m" in f.operands for f in FORMS if opcode_index(f.opcode) == index):
-            info[index] |= MEMORY_ONLY
+    for k, form in enumerate(EXACT_MODRM_FORMS):
+        assert opcode_index(form) == EXACT_MODRM_INDEX + k
+        first = _byte_index(form)
+        info[first] |= VALID | HAS_MODRM | EXACT_MODRM
+        info[EXACT_KEYS + k] = first << 8 | form.modrm_byte
     for b in (PREFIX_REP, PREFIX_REPNE, *SEGMENT_PREFIXES):
         info[b] = PREFIX
     return info
 
 
-# ACCESS bits, per form (index = opcode index * 8 + ModRM digit, like the cost table):
-# what the core's operand stage does before the instruction executes.
+# ACCESS bits, per form slot (opcode index * 8 + ModRM.reg, like the cost table): what the
+# core's operand stage does before the instruction's branch runs (vm.isa Form.access and
+# Form.privileged).
 ACC_READ = 1 << 0  # read the r/m operand into ``src``
 ACC_WRITE = 1 << 1  # the r/m operand is written back (its address is checked up front)
 ACC_PUSH = 1 << 2  # a dword is pushed (the stack slot is checked up front)
 ACC_POP = 1 << 3  # a dword is popped into ``popped`` before the instruction executes
 ACC_SIZE_SHIFT = 4  # bits 4..6: r/m operand size in bytes (1, 2 or 4)
+ACC_CPL0 = 1 << 7  # #GP(0) unless CPL = 0, before anything else
+ACC_IOPL = 1 << 8  # #GP(0) unless CPL <= IOPL, before anything else
+ACC_PRIVILEGED = ACC_CPL0 | ACC_IOPL
+_ACCESS_BITS = {"read": ACC_READ, "write": ACC_WRITE, "push": ACC_PUSH, "pop": ACC_POP}
+_RM_SIZES = {"rm8": 1, "rm16": 2, "rm32": 4}
 
-_READ_ONLY_RM = {"cmp", "test", "push", "jmp", "call", "mul", "imul", "div", "idiv", "bt", "ltr"}
 
-
-def form_access(form) -> int:
-    """The ACCESS bits of one form (see ACC_*)."""
-    name = form.mnemonic
-    kinds = form.operands
+def form_access(form: Form) -> int:
+    """The ACCESS bits of one form (see ACC_*), from its access words and privilege."""
     acc = 0
-    rm_pos = next((i for i, k in enumerate(kinds) if k in ("rm8", "rm16", "rm32")), None)
-    # POP r/m32 computes its address after the pop, and BT r/m32, r32 addresses a bit
-    # string: the core handles the memory operand of those two itself.
-    # STR, SLDT, SMSW and MOV r/m, Sreg store a word to memory but a dword to a register.
-    special = (
-        (name == "pop" and rm_pos is not None)
-        or (name == "bt" and kinds[1] == "r32")
-        or name in ("str", "sldt", "smsw")
-        or kinds == ("rm32", "sreg")
-    )
-    if rm_pos is not None and not special:
-        if kinds[0] == "sreg":  # MOV Sreg, r/m: a selector is a word
-            return ACC_READ | (2 << ACC_SIZE_SHIFT)
-        if name == "xchg":
-            acc = ACC_READ | ACC_WRITE
-        elif rm_pos > 0 or name in _READ_ONLY_RM:
-            acc = ACC_READ
-        elif name == "mov" or name.startswith("set"):
-            acc = ACC_WRITE
-        else:
-            acc = ACC_READ | ACC_WRITE
-        acc |= {"rm8": 1, "rm16": 2, "rm32": 4}[kinds[rm_pos]] << ACC_SIZE_SHIFT
-    if name in ("push", "pushf", "pushfd", "call"):
-        acc |= ACC_PUSH
-    if name in ("popf", "popfd", "ret") or (name == "pop" and kinds == ("r32",)):
-        acc |= ACC_POP
+    words = form.access.split()
+    for word in words:
+        acc |= _ACCESS_BITS.get(word, 0)
+    if acc & (ACC_READ | ACC_WRITE):
+        kind = next(k for k in form.operands if k in _RM_SIZES)
+        acc |= (2 if "word" in words else _RM_SIZES[kind]) << ACC_SIZE_SHIFT
+    if form.privileged == PRIV_CPL0:
+        acc |= ACC_CPL0
+    elif form.privileged == PRIV_IOPL:
+        acc |= ACC_IOPL
     return acc
 
 
 def build_access() -> np.ndarray:
-    """Derive the operand stage's per-form table from vm.isa.FORMS."""
-    table = np.zeros(512 * 8, dtype=np.int64)
-    for form in FORMS:
-        index = opcode_index(form.opcode)
-        regs = range(8) if form.plus_reg else range(1)
-        digits = [int(form.modrm)] if form.modrm not in (None, "r") else range(8)
-        for r in regs:
-            for d in digits:
-                table[(index + r) * 8 + d] = form_access(form)
+    """Derive the operand stage's per-form-slot table from vm.isa.FORMS."""
+    table = np.zeros(FORM_SLOTS, dtype=np.int64)
+    for (slot, _), form in form_slots().items():
+        table[slot] = form_access(form)
     return table
 
 
@@ -159,7 +164,9 @@ def decode(code, p, regs, opinfo):
 
     Returns (length, opcode index, rep prefix, mod, reg, rm, effective address, immediate),
     with length 0 for an encoding the CPU does not support (#UD). ``rep`` is 0, 0xF3 or 0xF2.
-    The effective address uses the current registers (``regs`` = the state array).
+    The effective address uses the current registers (``regs`` = the state array). An
+    encoding fixed by its whole ModRM byte (VMCALL) comes back as its own opcode index
+    (EXACT_MODRM_INDEX + k) with the ModRM fields it fixes.
     """
     q = p
     rep = 0
@@ -188,12 +195,19 @@ def decode(code, p, regs, opinfo):
         mod = modrm >> 6
         reg = (modrm >> 3) & 7
         rm = modrm & 7
-        if not (info >> (DIGITS_SHIFT + reg)) & 1:
-            return 0, op, rep, mod, reg, rm, 0, 0
         if info & REG_ONLY:
             mod = 3
-        elif mod == 3 and info & MEMORY_ONLY:
-            return 0, op, rep, mod, reg, rm, 0, 0
+        shift = DIGITS_REG_SHIFT if mod == 3 else DIGITS_MEM_SHIFT
+        if not (info >> (shift + reg)) & 1:
+            exact = -1
+            if mod == 3 and info & EXACT_MODRM:
+                for k in range(MAX_EXACT_MODRM):
+                    if opinfo[EXACT_KEYS + k] == (op << 8) | modrm:
+                        exact = k
+            if exact < 0:
+                return 0, op, rep, mod, reg, rm, 0, 0
+            op = EXACT_MODRM_INDEX + exact
+            info = opinfo[op]
         elif mod != 3:
             if rm == 4:  # SIB byte follows
                 sib = np.int64(code[q])
@@ -253,3 +267,73 @@ def decode_again(code, p, regs, opinfo):
 def effective_address(code, p, regs, opinfo):
     """The ModRM effective address of the instruction at code[p:] with the given registers."""
     return decode(code, p, regs, opinfo)[6]
+
+
+# ---- the Python decoder that names the form ------------------------------------------------
+_SLOT_FORMS = form_slots()
+# Forms with a mandatory prefix (REP and REPNE string forms), by (form slot, prefix byte).
+_PREFIXED_FORMS = {(opcode_index(f) * 8, f.prefix[0]): f for f in reversed(FORMS) if f.prefix}
+
+
+class Decoded(NamedTuple):
+    """One instruction as the CPU decodes it, with the vm.isa row it is."""
+
+    form: Form  # the vm.isa row this encoding is
+    length: int
+    mod: int  # ModRM fields (0 when the form has no ModRM; mod is 3 for MOV to/from CRn)
+    reg: int
+    rm: int
+    imm: int  # the immediate (moffs: the address), unsigned as encoded; 0 if none
+    code: bytes  # the instruction's bytes
+
+    @property
+    def name(self) -> str:
+        """The operation's name (vm.isa Form.name): "mov_to_cr", "lgdt", "add"..."""
+        return self.form.name
+
+    @property
+    def is_memory(self) -> bool:
+        """The r/m operand (or a moffs operand) is in memory: see decoded_address."""
+        if self.form.modrm is not None:
+            return self.mod != 3
+        return any(kind.startswith("moffs") for kind in self.form.operands)
+
+
+def _buffer(code: bytes) -> np.ndarray:
+    buf = np.zeros(MAX_INSTRUCTION + 16, dtype=np.uint8)
+    data = bytes(code[:MAX_INSTRUCTION])
+    buf[: len(data)] = np.frombuffer(data, dtype=np.uint8)
+    return buf
+
+
+def decode_form(code: bytes) -> Decoded | None:
+    """Decode the first instruction of ``code`` as the CPU does and name its form.
+
+    None when the CPU raises #UD on these bytes (or ``code`` ends before the instruction).
+    """
+    buf = _buffer(code)
+    length, op, rep, mod, reg, rm, _, imm = decode_again(buf, 0, np.zeros(8, np.int64), OPINFO)
+    if length == 0 or length > len(code):
+        return None
+    if not OPINFO[op] & HAS_MODRM and op < EXACT_MODRM_INDEX:
+        mod = reg = rm = 0
+    slot = op * 8 + reg
+    form = None
+    if rep:  # REP MOVSB...; F2 before MOVS, STOS, LODS repeats as F3 does
+        other = PREFIX_REP if rep == PREFIX_REPNE else PREFIX_REPNE
+        form = _PREFIXED_FORMS.get((slot, rep)) or _PREFIXED_FORMS.get((slot, other))
+    if form is None:
+        form = _SLOT_FORMS.get((slot, bool(OPINFO[op] & HAS_MODRM) and mod != 3))
+    if form is None:
+        return None
+    return Decoded(form, int(length), int(mod), int(reg), int(rm), int(imm), bytes(code[:length]))
+
+
+def decoded_address(decoded: Decoded, state: np.ndarray) -> int:
+    """The linear address of a decoded instruction's memory operand, computed with the
+    registers in ``state`` (a moffs form: its address). ValueError if it has none."""
+    if not decoded.is_memory:
+        raise ValueError(f"{decoded.name} at these bytes has no memory operand")
+    if decoded.form.modrm is None:
+        return decoded.imm
+    return int(effective_address(_buffer(decoded.code), 0, state, OPINFO))

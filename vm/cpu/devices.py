@@ -98,7 +98,7 @@ def acknowledge_irq(state):
         return -1
     state[PIC_IRR] &= ~(1 << irq)
     state[PIC_ISR] |= 1 << irq
-    return state[PIC_VECTOR_BASE] + irq
+    return (state[PIC_VECTOR_BASE] + irq) & 0xFF
 
 
 @jit(i64(State))

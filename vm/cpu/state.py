@@ -11,7 +11,7 @@ import ctypes
 
 import numpy as np
 
-from vm.isa import REG8_NAMES, REG32_NAMES
+from vm.isa import FORM_SLOTS, REG8_NAMES, REG32_NAMES
 
 # General registers, x86 encoding order (ModRM.reg / .rm, the +r of opcodes).
 EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI = range(8)
@@ -99,11 +99,11 @@ SOFT_INT_EXITS = 64
 SOFT_INT_EXITS_SIZE = 8
 
 # Slot ranges after the registers: breakpoint addresses, then the cost table
-# (simulated cycles per instruction form, see vm.isa.opcode_cost_table).
+# (simulated cycles per form slot, see vm.isa.opcode_cost_table).
 MAX_BREAKPOINTS = 64
 BREAKPOINTS = 80
 COST_TABLE = BREAKPOINTS + MAX_BREAKPOINTS
-COST_TABLE_SIZE = 512 * 8
+COST_TABLE_SIZE = FORM_SLOTS
 # How many times each vector was delivered or exited (exceptions, IRQs, INT n).
 VECTOR_COUNTS = COST_TABLE + COST_TABLE_SIZE
 # The software TLB: TLB_ENTRIES direct-mapped entries, a tag (virtual page number, or -1)
@@ -136,6 +136,8 @@ EXIT_ON_SOFT_INT = 16  # INT n and INT3 whose SOFT_INT_EXITS bit is set exit (as
 # SOFTWARE_INTERRUPT) instead of going through the IDT
 EXIT_ON_INTERRUPT = 32  # an unmasked IRQ exits (INTERRUPT, whatever IF says) instead of being
 # delivered: the VMM owns the hardware's interrupts (VT-x's external-interrupt exiting)
+EXIT_ON_VMCALL = 64  # VMCALL exits (HYPERCALL, EIP at the VMCALL, as VT-x does) instead of
+# raising #UD: the VMM carries the call out and moves EIP past it
 
 # EFLAGS bits.
 FLAG_CF = 0x001

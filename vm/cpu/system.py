@@ -13,7 +13,7 @@ from __future__ import annotations
 from numba import types
 
 from vm.cpu.jit import Mem, State, b1, i64, jit, pair
-from vm.cpu.memory import flush_tlb, host_index_slow, invalidate_page, load, store
+from vm.cpu.memory import flush_tlb, host_index_slow, load, store
 from vm.cpu.state import (
     CR0,
     CR0_PE,
@@ -32,7 +32,6 @@ from vm.cpu.state import (
     EXIT_CR,
     EXIT_CR_REGISTER,
     EXIT_CR_WRITE,
-    EXIT_ON_CPUID,
     EXIT_ON_CR_ACCESS,
     EXIT_VALUE,
     FAULT_ERROR,
@@ -290,10 +289,8 @@ def check_data_selector(mem, state, selector, is_stack):
 
 SYSTEM_OK = 0
 SYSTEM_FAULT = 1
-SYSTEM_NEW_TRANSLATIONS = 2  # CR0, CR3 or INVLPG changed what addresses mean
-SYSTEM_BLOCK_INTERRUPTS = 3  # MOV SS: the next instruction runs before any interrupt
-SYSTEM_EXIT_CPUID = 4
-SYSTEM_EXIT_CR_ACCESS = 5
+SYSTEM_BLOCK_INTERRUPTS = 2  # MOV SS: the next instruction runs before any interrupt
+SYSTEM_EXIT_CR_ACCESS = 3  # the VMM emulates a control-register access (EXIT_ON_CR_ACCESS)
 
 # Segment registers in ModRM.reg order (ES CS SS DS FS GS): their state slots.
 SREG_SLOTS = (ES, CS, SS, DS, FS, GS)
@@ -301,6 +298,14 @@ SREG_SLOTS = (ES, CS, SS, DS, FS, GS)
 CR_SLOTS = (CR0, -1, CR2, CR3, CR4, -1, -1, -1)
 # CPUID leaf 0 vendor string "vmlabvmlab86" in EBX, EDX, ECX order.
 CPUID_VENDOR = (0x616C6D76, 0x6C6D7662, 0x36386261)
+# The CR0 bits LMSW loads: PE MP EM TS (it sets PE but cannot clear it).
+CR0_MSW = 0xF
+
+# Each function below is one branch of the core's run loop (vm.cpu.core), named by its
+# form's handler family in vm.isa. Privilege (#GP(0) at CPL > 0, or by IOPL) was checked
+# before they run, from the table (Form.privileged); the sensitive-but-unprivileged ones
+# (SGDT, SIDT, SLDT, STR, SMSW, MOV from CS, CPUID) run at any CPL and reveal the real
+# state, exactly as on x86: that is what breaks classic trap-and-emulate.
 
 
 @jit(i64(State, i64, i64))
@@ -323,92 +328,107 @@ def store_word_or_dword(mem, state, mod, rm, ea, value, user):
     return False
 
 
-@jit(i64(Mem, State, i64, i64, i64, i64, i64, i64, b1))
-def system_instruction(mem, state, op, mod, reg, rm, ea, src, user):
-    """The instructions that manage the machine rather than compute -> SYSTEM_*.
+@jit(b1(Mem, State, b1, i64, b1))
+def store_table_register(mem, state, idt, ea, user):
+    """SGDT m / SIDT m: store the table's limit (word) and base (dword); True on a fault."""
+    i = host_index_slow(mem, state, ea, 6, True, user)
+    if i < 0:
+        return True
+    store(mem, i, 2, state[IDTR_LIMIT] if idt else state[GDTR_LIMIT])
+    store(mem, i + 2, 4, state[IDTR_BASE] if idt else state[GDTR_BASE])
+    return False
 
-    Privileged ones raise #GP(0) outside ring 0; the sensitive-but-unprivileged ones
-    (SGDT, SIDT, SLDT, STR, SMSW, MOV from CS, CPUID) run at any CPL and reveal the real
-    state, exactly as on x86: that is what breaks classic trap-and-emulate.
-    """
-    privileged = (state[CS] & 3) != 0
-    if op == 0x101:
-        if reg == 4:  # 0F 01 /4  SMSW r/m (reveals CR0)
-            if store_word_or_dword(mem, state, mod, rm, ea, state[CR0], user):
-                return SYSTEM_FAULT
-            return SYSTEM_OK
-        if mod == 3:  # 0F 01 C1  VMCALL: #UD outside a VM (as are the other 0F 01 /r forms)
-            return fail_status(state, VECTOR_UD, -1)
-        if reg <= 1:  # 0F 01 /0  SGDT m;  0F 01 /1  SIDT m  (reveal the table bases)
-            i = host_index_slow(mem, state, ea, 6, True, user)
-            if i < 0:
-                return SYSTEM_FAULT
-            store(mem, i, 2, state[GDTR_LIMIT] if reg == 0 else state[IDTR_LIMIT])
-            store(mem, i + 2, 4, state[GDTR_BASE] if reg == 0 else state[IDTR_BASE])
-            return SYSTEM_OK
-        if privileged:
-            return fail_status(state, VECTOR_GP, 0)
-        if reg <= 3:  # 0F 01 /2  LGDT m;  0F 01 /3  LIDT m  (6 bytes: limit, base)
-            i = host_index_slow(mem, state, ea, 6, False, user)
-            if i < 0:
-                return SYSTEM_FAULT
-            limit_slot = GDTR_LIMIT if reg == 2 else IDTR_LIMIT
-            base_slot = GDTR_BASE if reg == 2 else IDTR_BASE
-            state[limit_slot] = load(mem, i, 2)
-            state[base_slot] = load(mem, i + 2, 4)
-            return SYSTEM_OK
-        invalidate_page(state, ea)  # 0F 01 /7  INVLPG m
-        return SYSTEM_NEW_TRANSLATIONS
-    if op == 0x100:
-        if reg <= 1:  # 0F 00 /0  SLDT r/m;  0F 00 /1  STR r/m  (there is never an LDT)
-            value = 0 if reg == 0 else state[TR]
-            if store_word_or_dword(mem, state, mod, rm, ea, value, user):
-                return SYSTEM_FAULT
-            return SYSTEM_OK
-        if privileged:
-            return fail_status(state, VECTOR_GP, 0)
-        if not load_task_register(mem, state, src):  # 0F 00 /3  LTR r/m16
-            return SYSTEM_FAULT
-        return SYSTEM_OK
-    if op == 0x120 or op == 0x122:  # 0F 20 /r  MOV r32, CRn;  0F 22 /r  MOV CRn, r32
-        cr = CR_SLOTS[reg]
-        if cr < 0:
-            return fail_status(state, VECTOR_UD, -1)
-        if privileged:
-            return fail_status(state, VECTOR_GP, 0)
-        if state[EXIT_CONTROLS] & EXIT_ON_CR_ACCESS:  # the VMM emulates it (EIP is past it)
-            state[EXIT_CR] = reg
-            state[EXIT_CR_WRITE] = 1 if op == 0x122 else 0
-            state[EXIT_CR_REGISTER] = rm
-            state[EXIT_VALUE] = state[rm] if op == 0x122 else 0
-            return SYSTEM_EXIT_CR_ACCESS
-        if op == 0x120:
-            state[rm] = state[cr]
-            return SYSTEM_OK
-        value = state[rm]
-        if cr == CR0:
-            value |= CR0_PE  # protected mode cannot be left (see README, Differences)
-        state[cr] = value
-        if cr == CR0 or cr == CR3:  # new translations: forget the old ones
-            flush_tlb(state)
-            return SYSTEM_NEW_TRANSLATIONS
-        return SYSTEM_OK
-    if op == 0x8C:  # 8C /r  MOV r/m, Sreg  (MOV r/m, CS reveals the CPL)
-        if reg > 5:
-            return fail_status(state, VECTOR_UD, -1)
-        if store_word_or_dword(mem, state, mod, rm, ea, state[SREG_SLOTS[reg]], user):
-            return SYSTEM_FAULT
-        return SYSTEM_OK
-    if op == 0x8E:  # 8E /r  MOV Sreg, r/m16  (not CS)
-        if reg == 1 or reg > 5:
-            return fail_status(state, VECTOR_UD, -1)
-        if not check_data_selector(mem, state, src, reg == 2):
-            return SYSTEM_FAULT
-        state[SREG_SLOTS[reg]] = src
-        return SYSTEM_BLOCK_INTERRUPTS if reg == 2 else SYSTEM_OK
-    # 0F A2  CPUID
-    if state[EXIT_CONTROLS] & EXIT_ON_CPUID:
-        return SYSTEM_EXIT_CPUID
+
+@jit(b1(Mem, State, b1, i64, b1))
+def load_table_register(mem, state, idt, ea, user):
+    """LGDT m / LIDT m: load the table's limit (word) and base (dword); True on a fault."""
+    i = host_index_slow(mem, state, ea, 6, False, user)
+    if i < 0:
+        return True
+    if idt:
+        state[IDTR_LIMIT] = load(mem, i, 2)
+        state[IDTR_BASE] = load(mem, i + 2, 4)
+    else:
+        state[GDTR_LIMIT] = load(mem, i, 2)
+        state[GDTR_BASE] = load(mem, i + 2, 4)
+    return False
+
+
+@jit(i64(State, i64, b1, i64, i64))
+def exit_cr_access(state, cr, write, register, value):
+    """Record a control-register access for the VMM to emulate (EIP is past it): which
+    CRn, read or write, the general register (-1 for LMSW) and the value a write writes;
+    SYSTEM_EXIT_CR_ACCESS."""
+    state[EXIT_CR] = cr
+    state[EXIT_CR_WRITE] = 1 if write else 0
+    state[EXIT_CR_REGISTER] = register
+    state[EXIT_VALUE] = value
+    return SYSTEM_EXIT_CR_ACCESS
+
+
+@jit(i64(State, i64, i64))
+def mov_from_cr(state, cr, rm):
+    """MOV r32, CRn (the decoder admits CR0 CR2 CR3 CR4 only)."""
+    slot = CR_SLOTS[cr & 7]
+    if slot < 0:
+        return fail_status(state, VECTOR_UD, -1)
+    if state[EXIT_CONTROLS] & EXIT_ON_CR_ACCESS:  # the VMM emulates it (EIP is past it)
+        return exit_cr_access(state, cr, False, rm, 0)
+    state[rm] = state[slot]
+    return SYSTEM_OK
+
+
+@jit(i64(State, i64, i64))
+def mov_to_cr(state, cr, rm):
+    """MOV CRn, r32. CR0.PE stays set; a CR0 or CR3 write forgets every translation."""
+    slot = CR_SLOTS[cr & 7]
+    if slot < 0:
+        return fail_status(state, VECTOR_UD, -1)
+    value = state[rm]
+    if state[EXIT_CONTROLS] & EXIT_ON_CR_ACCESS:
+        return exit_cr_access(state, cr, True, rm, value)
+    if slot == CR0:
+        value |= CR0_PE  # protected mode cannot be left (see README, Differences)
+    state[slot] = value
+    if slot == CR0 or slot == CR3:  # new translations: forget the old ones
+        flush_tlb(state)
+    return SYSTEM_OK
+
+
+@jit(i64(State, i64))
+def load_machine_status_word(state, value):
+    """LMSW: CR0's PE MP EM TS from the low 4 bits of value; PE cannot be cleared. With
+    EXIT_ON_CR_ACCESS it exits as a CR0 write of the value it would leave (register -1)."""
+    cr0 = (state[CR0] & ~(CR0_MSW & ~CR0_PE)) | (value & CR0_MSW)
+    if state[EXIT_CONTROLS] & EXIT_ON_CR_ACCESS:
+        return exit_cr_access(state, 0, True, -1, cr0)
+    state[CR0] = cr0
+    return SYSTEM_OK
+
+
+@jit(i64(Mem, State, i64, i64))
+def mov_to_sreg(mem, state, sreg, selector):
+    """MOV Sreg, r/m16 (not CS: the decoder admits ES SS DS FS GS only)."""
+    if sreg == 1 or sreg > 5:
+        return fail_status(state, VECTOR_UD, -1)
+    if not check_data_selector(mem, state, selector, sreg == 2):
+        return SYSTEM_FAULT
+    state[SREG_SLOTS[sreg]] = selector
+    return SYSTEM_BLOCK_INTERRUPTS if sreg == 2 else SYSTEM_OK
+
+
+@jit(b1(Mem, State, i64, i64, i64, i64, b1))
+def mov_from_sreg(mem, state, sreg, mod, rm, ea, user):
+    """MOV r/m, Sreg (MOV r/m, CS reveals the CPL); True on a fault."""
+    if sreg > 5:
+        fail(state, VECTOR_UD, -1)
+        return True
+    return store_word_or_dword(mem, state, mod, rm, ea, state[SREG_SLOTS[sreg]], user)
+
+
+@jit(types.none(State))
+def cpuid(state):
+    """CPUID: leaf 0 (the highest leaf and the vendor), and leaf 1 for every other."""
     if state[EAX] == 0:  # leaf 0: the highest leaf, and the vendor string
         state[EAX] = 1
         state[EBX] = CPUID_VENDOR[0]
@@ -419,4 +439,3 @@ def system_instruction(mem, state, op, mod, reg, rm, ea, src, user):
         state[EBX] = 0
         state[ECX] = 0
         state[EDX] = 0
-    return SYSTEM_OK
