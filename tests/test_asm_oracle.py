@@ -134,12 +134,23 @@ def test_every_form_assembles_to_nasms_bytes(seed, tmp_path):
     pytest.fail(f"lengths differ: vmlab {len(ours.code)} bytes, nasm {len(theirs)}")
 
 
-@pytest.mark.parametrize("name", ["toyos.asm", "user.asm"])
-def test_toyos_sources_assemble_to_nasms_bytes(name, tmp_path):
+@pytest.mark.parametrize(
+    "name, defines",
+    [
+        ("toyos.asm", ()),
+        ("toyos.asm", ("PARAVIRT",)),
+        ("toyos.asm", ("PARAVIRT", "PARAVIRT_UNBATCHED")),
+        ("toyos.asm", ("PVOPS",)),
+        ("user.asm", ()),
+    ],
+)
+def test_toyos_sources_assemble_to_nasms_bytes(name, defines, tmp_path):
     require_tool("nasm")
     from vm.asm import assemble_file
     from vm.guest.toyos import GUEST_DIR
 
     out = tmp_path / "out.bin"
-    subprocess.run(["nasm", "-f", "bin", "-o", str(out), str(GUEST_DIR / name)], check=True)
-    assert assemble_file(GUEST_DIR / name).code == out.read_bytes()
+    flags = [f"-d{define}" for define in defines]
+    subprocess.run(["nasm", "-f", "bin", *flags, "-o", str(out), str(GUEST_DIR / name)], check=True)
+    ours = assemble_file(GUEST_DIR / name, defines=dict.fromkeys(defines, 1))
+    assert ours.code == out.read_bytes()

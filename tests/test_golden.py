@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from vm.golden import GOLDEN, measure
+from vm.golden import GOLDEN, VARIANTS, measure
 from vm.guest.toyos import WORKLOADS
 from vm.hypervisor.modes import MODES
 
@@ -18,10 +18,10 @@ GOLDEN_TABLE = json.loads(GOLDEN.read_text())
 def test_the_golden_file_covers_every_workload_in_every_mode():
     assert sorted(GOLDEN_TABLE) == sorted(WORKLOADS)
     for workload, rows in GOLDEN_TABLE.items():
-        assert sorted(rows) == sorted(MODES), workload
+        assert sorted(rows) == sorted((*MODES, *VARIANTS)), workload
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", (*MODES, *VARIANTS))
 @pytest.mark.parametrize("workload", WORKLOADS)
 def test_cycles_exits_and_console_are_the_golden_ones(workload, mode):
     now = measure(workload, mode)

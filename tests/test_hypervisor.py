@@ -14,7 +14,7 @@ from vm.guest.toyos import WORKLOADS
 from vm.hypervisor.binary_translation import BinaryTranslationVM
 from vm.hypervisor.host import Host, run_side_by_side
 from vm.hypervisor.trap_emulate import TrapEmulateVM
-from vm.hypervisor.vmm_area import IDT_OFFSET, VMM_AREA, VMM_LINEAR
+from vm.hypervisor.vmm_area import IDT_LINEAR, VMM_AREA
 from vm.interface import GUEST_RAM, MODES, Guest
 
 VIRTUAL = ("trap-emulate", "binary-translation")
@@ -159,7 +159,7 @@ def test_red_pill_sidt_shows_the_vmms_idt_not_the_guests():
     monitor, program = _kernel_vm(TrapEmulateVM, RED_PILL)
     monitor.run(10_000)
     stored = monitor.machine.read32(program.symbols["stored"] + 2)
-    assert stored == VMM_LINEAR + IDT_OFFSET == 0xFFC10800
+    assert stored == IDT_LINEAR == 0xFFCFE800
     assert monitor.vcpu.idtr == (0x20000, 0x7FF)
     # Binary translation rewrites the kernel's SIDT: the guest sees its own IDT.
     monitor, program = _kernel_vm(BinaryTranslationVM, RED_PILL)
@@ -275,14 +275,16 @@ def test_bad_mode_and_workload_are_clear_errors():
         vm.boot("x", "trap-emulate")
     with pytest.raises(ValueError, match="takes no option 'patch'"):
         vm.boot("compute", "binary-translation", patch=False)
-    assert MODES == vm.MODES == ("native", "trap-emulate", "binary-translation")
+    with pytest.raises(ValueError, match="no kernel 'linux'"):
+        vm.boot("compute", kernel="linux")
+    assert MODES == vm.MODES == ("native", "trap-emulate", "binary-translation", "paravirt")
 
 
 def test_cli_compare_json_is_one_object_keyed_by_mode():
     out = vm_command("run", "--workload", "syscalls", "--compare", "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert list(report) == list(MODES)
+    assert list(report) == [*MODES, "paravirt unbatched"]  # (batching's effect beside it)
     for entry in report.values():
         assert "syscalls: 2000 getpid calls" in entry["console"]
         assert entry["exits"] == sum(entry["exits_by_reason"].values())
@@ -299,6 +301,24 @@ def test_cli_compare_table_and_no_patch_report():
     assert "POPF at 0x" in out.stderr and "Traceback" not in out.stderr
     out = vm_command("run", "--mode", "native", "--no-patch")
     assert out.returncode == 2 and "error: --no-patch" in out.stderr
+    out = vm_command("run", "--mode", "trap-emulate", "--no-batch")
+    assert out.returncode == 2 and "error: --no-batch is for --mode paravirt" in out.stderr
+
+
+def test_cli_kernel_picks_the_build_and_the_pv_ops_one_says_which_path_it_took():
+    out = vm_command("run", "--workload", "io", "--mode", "paravirt", "--kernel", "pvops")
+    assert out.returncode == 0, out.stderr
+    assert "io: line 40" in out.stdout and "pv_ops path" in out.stdout
+    assert "paravirtual (41 call sites patched" in out.stdout
+    out = vm_command("run", "--workload", "io", "--kernel", "pvops", "--compare", "--json")
+    report = json.loads(out.stdout)
+    assert (
+        list(report) == list(MODES) and report["native"]["console"] == report["paravirt"]["console"]
+    )
+    out = vm_command("run", "--mode", "native", "--kernel", "paravirt")
+    assert out.returncode == 1 and "#UD" in out.stderr and "Traceback" not in out.stderr
+    out = vm_command("run", "--mode", "paravirt", "--workload", "spawn", "--no-batch", "--json")
+    assert "multicall" not in json.loads(out.stdout)["stats"]["exits_by_reason"]
 
 
 def test_cli_log_shows_the_vmms_last_events():

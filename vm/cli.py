@@ -38,6 +38,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--compare", action="store_true", help="run the workload in every mode, side by side"
     )
+    from vm.hypervisor.modes import KERNELS
+
+    run.add_argument(
+        "--kernel",
+        choices=KERNELS,
+        help="the toyos build (default: the mode's own); pvops is one binary for every mode",
+    )
+    run.add_argument(
+        "--no-batch",
+        action="store_true",
+        help="paravirt: one hypercall per page-table update, no multicalls (to compare)",
+    )
     run.add_argument(
         "--no-patch",
         action="store_true",
@@ -118,10 +130,14 @@ def run_command(args: argparse.Namespace) -> int:
         raise ValueError("--compare runs every mode: --trace, --no-patch and --log take one --mode")
     if args.no_patch and args.mode != "trap-emulate":
         raise ValueError("--no-patch is for --mode trap-emulate")
+    if args.no_batch and (args.compare or args.mode != "paravirt"):
+        raise ValueError("--no-batch is for --mode paravirt (--compare shows both)")
     if args.compare:
         return compare_command(args, cost)
-    options = {"patch": False} if args.no_patch else {}
-    guest = vm.boot(args.workload, args.mode, cost=cost, **options)
+    options: dict[str, object] = {"patch": False} if args.no_patch else {}
+    if args.no_batch:
+        options["batch"] = False
+    guest = vm.boot(args.workload, args.mode, cost=cost, kernel=args.kernel, **options)
     steps = trace(guest, args.trace) if args.trace else []
     if not args.json:
         for line in steps:
@@ -162,7 +178,15 @@ def compare_command(args: argparse.Namespace, cost) -> int:
     """One workload in every mode: a table side by side, or one JSON object keyed by mode."""
     import vm
 
-    results = {mode: vm.boot(args.workload, mode, cost=cost).run(args.budget) for mode in MODES}
+    runs = [(mode, mode, {}) for mode in MODES]
+    if (args.kernel or "paravirt") == "paravirt":  # (batching's effect, shown beside it)
+        runs.append(("paravirt unbatched", "paravirt", {"batch": False}))
+    results = {
+        label: vm.boot(args.workload, mode, cost=cost, kernel=args.kernel, **options).run(
+            args.budget
+        )
+        for label, mode, options in runs
+    }
     if args.json:
         out = {
             mode: {
@@ -249,6 +273,8 @@ def stats_table(stats: dict) -> str:
         ("cycles", f"{stats['cycles']:,}"),
         ("system calls", f"{stats['syscalls']:,}"),
     ]
+    if "pv_ops" in stats:
+        rows.append(("pv_ops path", stats["pv_ops"]))
     if stats.get("mode", "native") == "native":
         rows += [
             ("interrupts", f"{stats['interrupts']:,}"),

@@ -25,7 +25,7 @@ from vm.cpu.cost import DEFAULT, CostModel, preset
 from vm.guest.toyos import SYSCALL_VECTOR, WORKLOADS, install, kernel_text
 from vm.hypervisor.events import Event, EventLog
 from vm.hypervisor.host import Host
-from vm.hypervisor.modes import MODES
+from vm.hypervisor.modes import MODES, kernel_defines
 from vm.hypervisor.modes import mode as mode_spec
 from vm.hypervisor.vmm import DEFAULT_BUDGET, VM, Until, VMResult, VMSnapshot, check_budget
 from vm.isa import REG32_NAMES
@@ -44,13 +44,18 @@ def boot(
     cost: CostModel | str = DEFAULT,
     host: Host | None = None,
     name: str = "vm",
+    kernel: str | None = None,
     **options: object,
 ) -> Guest:
     """toyos with ``workload``, loaded and ready to run in ``mode`` (on ``host`` if given),
     with a cost model (a CostModel, or a preset's name: "pentium4", "core2", ...).
 
-    Options a mode takes: ``patch=False`` (trap-emulate: leave POPF, PUSHF and IRET
-    alone, and see x86's hole).
+    ``kernel`` picks the toyos build ("native", "paravirt", or "pvops": one binary that
+    finds out at boot where it runs); each mode has its own by default (try the
+    paravirtual kernel on bare metal, and the pv_ops one in both). Options a mode takes:
+    ``patch=False`` (trap-emulate: leave POPF, PUSHF and IRET alone, and see x86's hole);
+    ``batch=False`` (paravirt: one hypercall per page-table update and context switch, not
+    one multicall for several).
     """
     if isinstance(cost, str):
         cost = preset(cost)
@@ -67,9 +72,11 @@ def boot(
         raise ValueError(f"cost must be a CostModel (vm.cpu.cost.PRESETS), not {cost!r}")
     size = GUEST_RAM + spec.vmm_area
     machine = host.new_machine(size, cost) if host is not None else Machine(size, cost)
-    kernel, user = install(machine, workload, GUEST_RAM)
-    vm = spec.make(machine, GUEST_RAM, cost, name, kernel_text(kernel), **options)
-    guest = Guest(vm, workload, kernel.symbols, user.symbols)
+    build = kernel or spec.kernel
+    defines = kernel_defines(build, bool(options.get("batch", True)))
+    kernel_program, user = install(machine, workload, GUEST_RAM, defines=defines)
+    vm = spec.make(machine, GUEST_RAM, cost, name, kernel_text(kernel_program), **options)
+    guest = Guest(vm, workload, kernel_program.symbols, user.symbols, build)
     if host is not None:
         host.guests.append(guest)
     return guest
@@ -264,6 +271,7 @@ class Guest:
     workload: str
     kernel_symbols: dict[str, int]
     user_symbols: dict[str, int]
+    kernel: str = "native"  # the toyos build (vm.hypervisor.modes.KERNELS)
 
     def __post_init__(self) -> None:
         self._status = "ready"
@@ -383,7 +391,24 @@ class Guest:
     def _stats(self, stats: dict[str, object]) -> dict[str, object]:
         vectors = self.vm.machine.stats()["vectors"]
         stats["syscalls"] = vectors.get(SYSCALL_VECTOR, 0)  # toyos's INT 0x80
+        if self.kernel == "pvops":
+            stats["pv_ops"] = self.pvops_path()
         return stats
+
+    def pvops_path(self) -> str:
+        """Which way the pv_ops kernel went at boot, read from its own variables:
+        "paravirtual (N call sites patched)", "native (...)", or "not decided yet"."""
+        symbols, ram = self.kernel_symbols, self.vm.machine.window
+        if "pvops_patched" not in symbols:
+            raise ValueError(f"the {self.kernel!r} kernel is not the pv_ops build")
+        path = ram[symbols["pvops_path"]]
+        if path == 0:
+            return "not decided yet"
+        at = symbols["pvops_patched"]
+        patched = int.from_bytes(ram[at : at + 4].tobytes(), "little")
+        if path == 2:
+            return f"paravirtual ({patched} call sites patched to their paravirtual ops)"
+        return "native (CPUID found no paravirtual VMM: every call site left native)"
 
     # ---- breakpoints, snapshots, views -----------------------------------------------------------
     @property

@@ -18,15 +18,22 @@
 ;   5 spawn(program, argument) -> pid   6 wait(pid) -> exit code
 ;   7 map(address) -> 0 or -1   8 unmap(address) -> 0 or -1
 ;
-; One source, built two ways, as Linux's pv_ops does it: every privileged operation is a
-; macro below ("the hardware interface"). Natively the macros are the instructions; built
-; with %define PARAVIRT they are hypercalls to a Xen-like VMM (vm/hypervisor/paravirt.py):
-; the kernel runs at ring 1, asks for what it used to take, and masks its virtual
-; interrupts (event channels) by writing a byte. Diff the two columns of that section to
-; see everything a paravirtual port changes.
+; One source, three builds: every privileged thing the kernel does is an "op" of the
+; hardware interface below, with a native body (the instructions) and a paravirtual one
+; (hypercalls to a Xen-like VMM, vm/hypervisor/paravirt.py: the kernel runs at ring 1,
+; asks for what it used to take, and masks its virtual interrupts by writing a byte).
+;   (no define)        the native bodies: bare metal, and full virtualization
+;   %define PARAVIRT   the paravirtual bodies: only under the paravirtual VMM (on bare
+;                      metal its first hypercall is an invalid opcode)
+;   %define PVOPS      one binary for both, as Linux 2.6.23's paravirt_ops: each op is a
+;                      call to its native body; at boot the kernel asks CPUID whether a
+;                      paravirtual VMM is there, and if so patches every such call to the
+;                      paravirtual body (pvops_patch)
+; Read native_<op> beside pv_<op> to see everything a paravirtual port changes.
 
 bits 32
-org 0x1000
+KERNEL_ORIGIN equ 0x1000
+org KERNEL_ORIGIN
 
 ; ---- constants ------------------------------------------------------------------------
 BOOT_WORKLOAD   equ 0x0ff0          ; program number init spawns
@@ -40,13 +47,10 @@ USER_BASE       equ 0x400000
 USER_END        equ 0x800000
 USER_STACK_PAGE equ 0x7ff000
 
-%ifdef PARAVIRT
-KERNEL_CODE     equ 0x09                ; ring 1: the VMM's flat segments (Xen's FLAT_RING1_CS)
-KERNEL_DATA     equ 0x11
-%else
 KERNEL_CODE     equ 0x08
 KERNEL_DATA     equ 0x10
-%endif
+PV_KERNEL_CODE  equ 0x09                ; ring 1: the VMM's flat segments (Xen's FLAT_RING1_CS)
+PV_KERNEL_DATA  equ 0x11
 USER_CODE       equ 0x1b
 USER_DATA       equ 0x23
 TSS_SELECTOR    equ 0x28
@@ -106,7 +110,49 @@ FRAME_SIZE      equ 60
 %endmacro
 
 ; ---- the hardware interface: native instructions, or hypercalls --------------------------
+; Which bodies this build assembles: NATIVE_CODE, PARAVIRT_CODE, or both (PVOPS).
+%ifdef PVOPS
+%define NATIVE_CODE
+%define PARAVIRT_CODE
+%else
 %ifdef PARAVIRT
+%define PARAVIRT_CODE
+%else
+%define NATIVE_CODE
+%endif
+%endif
+
+; op name: do the op here. Built native or PARAVIRT, its body is inlined; built PVOPS it is
+; a call to native_<name>_op that pvops_patch may rewrite to call pv_<name>_op, and the
+; site goes on the list pvops_patch reads (PVOP_SITES: site and paravirtual body, pairs
+; in reverse order, ending in 0, 0).
+%ifdef PVOPS
+%define PVOP_SITES 0, 0
+%macro op 1
+%%site:
+    call native_%1_op
+%xdefine PVOP_SITES %%site, pv_%1_op, PVOP_SITES
+%endmacro
+%macro op_jump 1                        ; (an op that does not return: a jump)
+%%site:
+    jmp native_%1_op
+%xdefine PVOP_SITES %%site, pv_%1_op, PVOP_SITES
+%endmacro
+%else
+%ifdef PARAVIRT
+%macro op 1
+    pv_%1
+%endmacro
+%else
+%macro op 1
+    native_%1
+%endmacro
+%endif
+%macro op_jump 1
+    op %1
+%endmacro
+%endif
+
 ; Hypercalls (vm/hypervisor/paravirt.py has the table): EAX = number, arguments in EBX,
 ; ECX, EDX, ESI, EDI, the result in EAX; the gate is VMCALL (INT 0x82 works too).
 HYPERVISOR_set_trap_table equ 0
@@ -140,17 +186,71 @@ VCPU_CR2                  equ 8         ; dword: the address of the last page fa
     mov eax, %1
     vmcall
 %endmacro
-%endif
 
-%ifndef PARAVIRT
-%macro load_gdt 0                       ; the descriptor tables
+; Each op: a comment saying what it does (and its registers), its native body, then its
+; paravirtual body.
+
+; load_segments: the kernel's descriptor table and flat data segments
+%macro native_load_segments 0
     lgdt [gdt_pointer]
+    mov eax, KERNEL_DATA
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
 %endmacro
-%macro load_task_register 0
+%macro pv_load_segments 0               ; (the VMM starts us on its flat ring-1 segments)
+%endmacro
+
+; install_traps: where exceptions, the timer and system calls enter the kernel
+%macro native_install_traps 0
+    call build_idt
+    lidt [idt_pointer]
+%endmacro
+%macro pv_install_traps 0               ; (sent with the rest of boot's: start_timer)
+    call build_trap_table
+    mov eax, HYPERVISOR_set_trap_table
+    mov ebx, trap_table
+    call pv_queue
+%endmacro
+
+; prepare_entry: the stack ring 3 enters the kernel on, and what the CPU needs for it
+%macro native_prepare_entry 0           ; the TSS: SS0, and its descriptor's base
+    call build_tss
+%endmacro
+%macro pv_prepare_entry 0               ; the kernel stack, the vcpu_info we share with
+    mov eax, BOOT_STACK                 ; the VMM and where it delivers events (the
+    pv_set_kernel_stack                 ; timer's): no TSS of our own
+    mov eax, HYPERVISOR_vcpu_op
+    mov ebx, VCPUOP_register_vcpu_info
+    mov ecx, vcpu_info
+    call pv_queue
+    mov eax, HYPERVISOR_set_callbacks
+    mov ebx, isr_timer
+    call pv_queue
+%endmacro
+
+; load_task_register: the TSS
+%macro native_load_task_register 0
     mov eax, TSS_SELECTOR
     ltr ax
 %endmacro
-%macro start_timer 0                    ; IRQ 0 only, the PIT at the boot divisor
+%macro pv_load_task_register 0          ; (stack_switch tells the VMM the kernel stack)
+%endmacro
+
+; enable_paging: run on the kernel's page directory
+%macro native_enable_paging 0
+    mov eax, kernel_page_directory
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80010000                  ; PG and WP
+    mov cr0, eax
+%endmacro
+%macro pv_enable_paging 0               ; the VMM checks our page tables (never writable
+    call pv_pin_kernel_tables           ; where mapped), pins them and runs on them
+%endmacro
+
+; start_timer: IRQ 0 only, the PIT at the boot divisor
+%macro native_start_timer 0
     mov al, 0xfe
     out PIC_DATA, al
     mov al, 0x34
@@ -160,75 +260,90 @@ VCPU_CR2                  equ 8         ; dword: the address of the last page fa
     mov al, ah
     out PIT_CHANNEL0, al
 %endmacro
-%macro irq_enable 0
+%macro pv_start_timer 0                 ; a virtual timer: event channel 0; and boot's
+    mov eax, HYPERVISOR_set_timer_op    ; hypercalls, all in one multicall
+    mov ebx, [BOOT_TIMER]
+    call pv_queue
+    call pv_flush
+%endmacro
+
+; irq_enable, irq_disable: interrupts on, off
+%macro native_irq_enable 0
     sti
 %endmacro
-%macro irq_disable 0
-    cli
-%endmacro
-%macro irq_save 0                       ; push the interrupt state
-    pushfd
-%endmacro
-%macro irq_restore 0                    ; pop it (the arithmetic flags are not kept)
-    popfd
-%endmacro
-%macro safe_halt 0                      ; wait for an interrupt
-    hlt
-%endmacro
-%macro end_of_interrupt 0
-    mov al, 0x20
-    out PIC_COMMAND, al
-%endmacro
-%macro console_putc 0                   ; AL
-    out CONSOLE_PORT, al
-%endmacro
-%macro set_kernel_stack 1               ; the stack ring 3 enters the kernel on
-    mov [tss+4], %1
-%endmacro
-%macro load_cr3 1
-    mov cr3, %1
-%endmacro
-%macro read_fault_address 0             ; EAX = CR2
-    mov eax, cr2
-%endmacro
-%macro power_off 0                      ; AL = exit status
-    out EXIT_PORT, al
-%endmacro
-%macro return_from_interrupt 0
-    iret
-%endmacro
-%endif
-
-%ifdef PARAVIRT
-%macro load_gdt 0                       ; (the VMM's flat ring-1 and ring-3 segments)
-%endmacro
-%macro load_task_register 0             ; (stack_switch tells the VMM the kernel stack)
-%endmacro
-%macro start_timer 0                    ; a virtual timer: event channel 0
-    mov ebx, [BOOT_TIMER]
-    hypercall HYPERVISOR_set_timer_op
-%endmacro
-%macro irq_enable 0                     ; unmask events; take one that came meanwhile
+%macro pv_irq_enable 0                  ; unmask events; take one that came meanwhile
     mov byte [vcpu_info + VCPU_MASK], 0
     cmp byte [vcpu_info + VCPU_PENDING], 0
     je %%done
     call pv_force_event
 %%done:
 %endmacro
-%macro irq_disable 0
+%macro native_irq_disable 0
+    cli
+%endmacro
+%macro pv_irq_disable 0
     mov byte [vcpu_info + VCPU_MASK], 1
 %endmacro
-%macro irq_save 0
+
+; irq_save: push the interrupt state; irq_restore: pop it (the arithmetic flags are not
+; kept). Linux's local_irq_save and local_irq_restore.
+%macro native_irq_save 0
+    pushfd
+%endmacro
+%macro pv_irq_save 0
     push dword [vcpu_info]              ; (the mask is its second byte)
 %endmacro
-%macro irq_restore 0
+%macro native_irq_restore 0
+    popfd
+%endmacro
+%macro pv_irq_restore 0
     test byte [esp + 1], 1              ; masked when saved?
     lea esp, [esp + 4]
     jnz %%done
-    irq_enable
+    pv_irq_enable
 %%done:
 %endmacro
-%macro safe_halt 0                      ; block until an event
+%ifdef PVOPS                            ; (a call cannot push for its caller: these two
+%macro irq_save 0                       ; carry the state in EAX, as Linux's save_fl and
+    push eax                            ; restore_fl do)
+    op save_flags
+    xchg eax, [esp]
+%endmacro
+%macro irq_restore 0
+    xchg eax, [esp]
+    op restore_flags
+    pop eax
+%endmacro
+%macro native_save_flags 0              ; EAX = the state
+    native_irq_save
+    pop eax
+%endmacro
+%macro pv_save_flags 0
+    pv_irq_save
+    pop eax
+%endmacro
+%macro native_restore_flags 0           ; the state in EAX back
+    push eax
+    native_irq_restore
+%endmacro
+%macro pv_restore_flags 0
+    push eax
+    pv_irq_restore
+%endmacro
+%else
+%macro irq_save 0
+    op irq_save
+%endmacro
+%macro irq_restore 0
+    op irq_restore
+%endmacro
+%endif
+
+; safe_halt: wait for an interrupt
+%macro native_safe_halt 0
+    hlt
+%endmacro
+%macro pv_safe_halt 0                   ; block until an event
     push eax
     push ebx
     mov ebx, SCHEDOP_block
@@ -236,59 +351,158 @@ VCPU_CR2                  equ 8         ; dword: the address of the last page fa
     pop ebx
     pop eax
 %endmacro
-%macro end_of_interrupt 0               ; the timer's event is handled
+
+; syscall_entered: what entering through the system-call gate left undone
+%macro native_syscall_entered 0         ; (an interrupt gate: IF is already clear)
+%endmacro
+%macro pv_syscall_entered 0             ; (a trap gate straight from ring 3, no VMM on the
+    pv_irq_disable                      ; way: mask events here)
+%endmacro
+
+; end_of_interrupt: the timer's interrupt is handled
+%macro native_end_of_interrupt 0
+    mov al, 0x20
+    out PIC_COMMAND, al
+%endmacro
+%macro pv_end_of_interrupt 0
     and dword [vcpu_info + VCPU_EVENTS], ~1
     mov byte [vcpu_info + VCPU_PENDING], 0
 %endmacro
-%macro console_putc 0                   ; AL
+
+; return_from_interrupt: back to where the interrupt frame on the stack came from
+%macro native_return_from_interrupt 0
+    iret
+%endmacro
+%macro pv_return_from_interrupt 0       ; events back on where the frame had them on
+    test byte [esp + 9], 2              ; the frame's EFLAGS.IF
+    jz %%iret
+    pv_irq_enable
+%%iret:
+    iret
+%endmacro
+
+; console_putc: AL to the console
+%macro native_console_putc 0
+    out CONSOLE_PORT, al
+%endmacro
+%macro pv_console_putc 0                ; (buffered: sent with the next hypercall)
     call pv_putc
 %endmacro
-%macro set_kernel_stack 1               ; (queued: the next load_cr3 sends both at once)
+
+; console_write: ECX bytes at ESI to the console (ESI, ECX and EAX used up)
+%macro native_console_write 0
+    test ecx, ecx
+    jz %%done
+%%out:
+    lodsb
+    out CONSOLE_PORT, al
+    loop %%out
+%%done:
+%endmacro
+%macro pv_console_write 0               ; the kernel's text first (it was written first),
+    call pv_queue_console               ; then the whole buffer in one hypercall
+    mov edx, esi
+    mov ebx, CONSOLEIO_write
+    mov eax, HYPERVISOR_console_io
+    call pv_queue
+    call pv_flush
+%endmacro
+
+; set_kernel_stack: EAX is the stack ring 3 enters the kernel on from now
+%macro native_set_kernel_stack 0
+    mov [tss+4], eax
+%endmacro
+%macro pv_set_kernel_stack 0            ; (queued: the next load_cr3 sends both at once)
     push ecx
-    mov ecx, %1
+    mov ecx, eax
     call pv_queue_stack_switch
     pop ecx
 %endmacro
-%macro load_cr3 1
+
+; load_cr3: run on the page directory at EAX
+%macro native_load_cr3 0
+    mov cr3, eax
+%endmacro
+%macro pv_load_cr3 0
     push eax
     push edx
-    mov edx, %1
+    mov edx, eax
     mov eax, MMUEXT_NEW_BASEPTR
     call pv_queue_mmuext
     call pv_flush
     pop edx
     pop eax
 %endmacro
-%macro read_fault_address 0             ; the VMM puts CR2 in the vcpu_info
+
+; set_user_pte: the page-table entry at EDI gets EAX (a new mapping)
+%macro native_set_user_pte 0
+    mov [edi], eax
+%endmacro
+%macro pv_set_user_pte 0                ; (its physical address: the kernel is mapped 1:1)
+    call pv_queue_mmu
+    call pv_flush
+%endmacro
+
+; clear_user_pte: clear the page-table entry at EDI, which mapped the page at EBX
+%macro native_clear_user_pte 0
+    mov dword [edi], 0
+    invlpg [ebx]
+%endmacro
+%macro pv_clear_user_pte 0
+    call pv_clear_pte
+%endmacro
+
+; new_address_space: the process at ESI has its page directory and user table built
+%macro native_new_address_space 0       ; (nothing to do: the CPU reads them as they are)
+%endmacro
+%macro pv_new_address_space 0           ; they are page tables now: read-only, checked and
+    mov eax, [esi+P_CR3]                ; pinned by the VMM
+    call pv_pin_address_space
+%endmacro
+
+; release_address_space: the dying directory ESI and its user table EDI are no longer
+; used; free the table and run on the kernel's own directory (the caller frees ESI)
+%macro native_release_address_space 0
+    mov eax, edi
+    call free_frame
+    mov eax, kernel_page_directory
+    mov cr3, eax
+%endmacro
+%macro pv_release_address_space 0       ; unpin both, writable again, and run on the
+    mov eax, esi                        ; kernel's own directory
+    call pv_unpin_address_space
+    mov eax, edi
+    call free_frame
+%endmacro
+
+; read_fault_address: EAX = the address of the last page fault
+%macro native_read_fault_address 0
+    mov eax, cr2
+%endmacro
+%macro pv_read_fault_address 0          ; the VMM puts CR2 in the vcpu_info
     mov eax, [vcpu_info + VCPU_CR2]
 %endmacro
-%macro power_off 0                      ; AL = exit status
-    movzx ecx, al
-    mov ebx, SCHEDOP_shutdown
-    hypercall HYPERVISOR_sched_op
+
+; power_off: AL = exit status
+%macro native_power_off 0
+    out EXIT_PORT, al
 %endmacro
-%macro return_from_interrupt 0          ; events back on where the frame had them on
-    test byte [esp + 9], 2              ; the frame's EFLAGS.IF
-    jz %%iret
-    irq_enable
-%%iret:
-    iret
+%macro pv_power_off 0                   ; (the last of the console and the shutdown, in
+    call pv_shutdown                    ; one multicall)
 %endmacro
-%endif
 
 ; ---- boot -----------------------------------------------------------------------------
 start:
     mov esp, BOOT_STACK
-    load_gdt
-    mov eax, KERNEL_DATA
-    mov ds, ax
-    mov es, ax
-    mov ss, ax
-    call build_idt
-    call build_tss
-    load_task_register
+%ifdef PVOPS
+    call pvops_patch                ; bare metal, or a paravirtual VMM? (before any op)
+%endif
+    op load_segments
+    op install_traps
+    op prepare_entry
+    op load_task_register
     call build_kernel_paging
-    start_timer                     ; a tick every BOOT_TIMER counts on IRQ 0
+    op start_timer                  ; a tick every BOOT_TIMER counts on IRQ 0
     mov esi, msg_boot
     call kputs
     ; the first process: init (program 0), told which workload to start
@@ -303,15 +517,15 @@ start:
     mov dword [procs+P_CR3], kernel_page_directory
     mov dword [procs+P_KSTACK], BOOT_STACK
 idle:
-    irq_enable                      ; the idle loop runs with interrupts on
+    op irq_enable                   ; the idle loop runs with interrupts on
 .loop:
     irq_save                        ; local_irq_save: look at the run queue, ticks held off
-    irq_disable
+    op irq_disable
     call any_ready
     irq_restore                     ; local_irq_restore: interrupts on again
     test eax, eax
     jnz .yield
-    safe_halt                       ; nothing to run: sleep until the next tick
+    op safe_halt                    ; nothing to run: sleep until the next tick
     jmp .loop
 .yield:
     call schedule
@@ -322,30 +536,7 @@ panic_no_memory:
     jmp panic_message
 
 ; ---- descriptor tables -------------------------------------------------------------------
-%ifdef PARAVIRT
-build_idt:
-    ; the trap table the VMM bounces exceptions through, and the system-call gate it
-    ; installs for ring 3 to enter the kernel directly: entries of (vector, flags, cs,
-    ; handler), flags = the DPL (and 4: mask events on the way in, an interrupt gate)
-    xor ecx, ecx
-    mov edi, trap_table
-.next:
-    mov eax, (KERNEL_CODE << 16) | (4 << 8)
-    or eax, ecx                     ; vector, flags 4, the kernel's code segment
-    mov [edi], eax
-    mov eax, [isr_table + ecx*4]
-    mov [edi + 4], eax
-    add edi, 8
-    inc ecx
-    cmp ecx, 20
-    jne .next
-    mov dword [edi], 0x80 | (3 << 8) | (KERNEL_CODE << 16)     ; INT 0x80 from ring 3
-    mov dword [edi + 4], isr_syscall
-    mov dword [edi + 12], 0                                     ; the end
-    mov ebx, trap_table
-    hypercall HYPERVISOR_set_trap_table
-    ret
-%else
+%ifdef NATIVE_CODE
 build_idt:
     ; exceptions 0..19 have their own stubs; IRQ 0 is vector 32; system calls INT 0x80
     xor ecx, ecx
@@ -378,24 +569,8 @@ build_idt:
     inc ecx
     cmp ecx, 0x81
     jne .next
-    lidt [idt_pointer]
     ret
-%endif
 
-%ifdef PARAVIRT
-build_tss:
-    ; the kernel stack for entries from ring 3, the vcpu_info the VMM shares with us,
-    ; and where it delivers events (the timer's): no TSS of our own
-    mov eax, BOOT_STACK
-    set_kernel_stack eax
-    call pv_flush
-    mov ebx, VCPUOP_register_vcpu_info
-    mov ecx, vcpu_info
-    hypercall HYPERVISOR_vcpu_op
-    mov ebx, isr_timer
-    hypercall HYPERVISOR_set_callbacks
-    ret
-%else
 build_tss:
     mov dword [tss+8], KERNEL_DATA   ; SS0
     mov eax, tss
@@ -404,6 +579,29 @@ build_tss:
     shr eax, 16
     mov [gdt_tss+4], al              ; base 23..16
     mov [gdt_tss+7], ah              ; base 31..24
+    ret
+%endif
+
+%ifdef PARAVIRT_CODE
+build_trap_table:
+    ; the trap table the VMM bounces exceptions through, and the system-call gate it
+    ; installs for ring 3 to enter the kernel directly: entries of (vector, flags, cs,
+    ; handler), flags = the DPL (and 4: mask events on the way in, an interrupt gate)
+    xor ecx, ecx
+    mov edi, trap_table
+.next:
+    mov eax, (PV_KERNEL_CODE << 16) | (4 << 8)
+    or eax, ecx                     ; vector, flags 4, the kernel's code segment
+    mov [edi], eax
+    mov eax, [isr_table + ecx*4]
+    mov [edi + 4], eax
+    add edi, 8
+    inc ecx
+    cmp ecx, 20
+    jne .next
+    mov dword [edi], 0x80 | (3 << 8) | (PV_KERNEL_CODE << 16)  ; INT 0x80 from ring 3
+    mov dword [edi + 4], isr_syscall
+    mov dword [edi + 12], 0                                     ; the end
     ret
 %endif
 
@@ -422,27 +620,7 @@ build_kernel_paging:
     mov eax, kernel_page_table
     or eax, PTE_PRESENT | PTE_WRITE
     mov [kernel_page_directory], eax
-%ifdef PARAVIRT
-    ; the VMM checks our page tables: never writable where they are mapped. Then it
-    ; pins them and runs on them (one hypercall, three operations).
-    and dword [kernel_page_table + (kernel_page_table >> 12) * 4], ~PTE_WRITE
-    and dword [kernel_page_table + (kernel_page_directory >> 12) * 4], ~PTE_WRITE
-    mov eax, MMUEXT_PIN_L1_TABLE
-    mov edx, kernel_page_table
-    call pv_queue_mmuext
-    mov eax, MMUEXT_PIN_L2_TABLE
-    mov edx, kernel_page_directory
-    call pv_queue_mmuext
-    mov eax, MMUEXT_NEW_BASEPTR
-    call pv_queue_mmuext
-    call pv_flush
-%else
-    mov eax, kernel_page_directory
-    mov cr3, eax
-    mov eax, cr0
-    or eax, 0x80010000              ; PG and WP
-    mov cr0, eax
-%endif
+    op enable_paging
     ; the frame allocator starts after the kernel's own memory
     mov dword [next_frame], FIRST_FRAME
     ret
@@ -486,9 +664,7 @@ isr_timer:
     push 32
     jmp isr_common
 isr_syscall:
-%ifdef PARAVIRT
-    irq_disable                     ; (a trap gate straight from ring 3: mask events here)
-%endif
+    op syscall_entered
     push 0
     push 0x80
     jmp isr_common
@@ -509,7 +685,7 @@ isr_common:
     jmp return_to_process           ; a spurious interrupt
 
 exception:
-    test dword [ebp+F_CS], 3
+    test dword [ebp+F_CS], 2        ; (ring 3: a user's; ring 0, or 1 paravirtualized: ours)
     jz kernel_panic
     ; a user fault kills the process that made it
     mov ebx, [current]
@@ -523,7 +699,7 @@ exception:
 
 timer_interrupt:
     inc dword [ticks]
-    end_of_interrupt
+    op end_of_interrupt
     call wake_sleepers
     call schedule                   ; preempt: round robin
     jmp return_to_process
@@ -531,14 +707,14 @@ timer_interrupt:
 return_to_process:
     popad
     add esp, 8                      ; vector and error code
-    return_from_interrupt
+    op_jump return_from_interrupt
 
 ; ---- the scheduler ---------------------------------------------------------------------
 ; schedule: save the current process's kernel stack, pick the next READY process after it
 ; (round robin), switch to its stack and address space. Returns on the new stack.
 schedule:
     irq_save                        ; like Linux's spin_lock_irqsave
-    irq_disable
+    op irq_disable
     mov ebx, [current]
     mov [ebx+P_ESP], esp
     mov ecx, MAX_PROCS
@@ -561,9 +737,9 @@ schedule:
     je .done
     mov [current], edx
     mov eax, [edx+P_KSTACK]
-    set_kernel_stack eax            ; ESP0 for the next entry from ring 3
+    op set_kernel_stack             ; ESP0 for the next entry from ring 3
     mov eax, [edx+P_CR3]
-    load_cr3 eax
+    op load_cr3
     mov esp, [edx+P_ESP]
 .done:
     irq_restore                     ; like spin_unlock_irqrestore
@@ -626,20 +802,8 @@ sys_write:
     jb .bad
     mov [ebp+F_EAX], ecx
     irq_save                        ; spin_lock_irqsave(&console_lock)
-    irq_disable
-%ifdef PARAVIRT
-    mov edx, esi                    ; the whole buffer in one hypercall
-    mov ebx, CONSOLEIO_write
-    hypercall HYPERVISOR_console_io
-%else
-    test ecx, ecx
-    jz .done
-.out:
-    lodsb
-    out CONSOLE_PORT, al
-    loop .out
-.done:
-%endif
+    op irq_disable
+    op console_write
     irq_restore                     ; spin_unlock_irqrestore(&console_lock)
     jmp return_to_process
 .bad:
@@ -710,12 +874,7 @@ sys_map:
     test eax, eax
     jz .bad
     or eax, PTE_PRESENT | PTE_WRITE | PTE_USER
-%ifdef PARAVIRT
-    call pv_queue_mmu               ; the PTE at EDI (its physical address: the kernel is
-    call pv_flush                   ; mapped 1:1) gets EAX
-%else
-    mov [edi], eax
-%endif
+    op set_user_pte
     mov dword [ebp+F_EAX], 0
     jmp return_to_process
 .bad:
@@ -727,19 +886,11 @@ sys_unmap:
     call user_pte
     test edi, edi
     jz .bad
+    mov ebx, [ebp+F_EBX]            ; (the page, for clear_user_pte)
     mov eax, [edi]
     test eax, PTE_PRESENT
     jz .bad
-%ifdef PARAVIRT
-    push eax
-    mov ebx, [ebp+F_EBX]
-    call pv_clear_pte               ; the PTE at EDI, and the TLB entry of EBX
-    pop eax
-%else
-    mov dword [edi], 0
-    mov ebx, [ebp+F_EBX]
-    invlpg [ebx]
-%endif
+    op clear_user_pte               ; the PTE at EDI, and the TLB's entry for EBX
     and eax, 0xfffff000
     call free_frame
     mov dword [ebp+F_EAX], 0
@@ -815,10 +966,7 @@ create_process:
     jz .fail
     or eax, PTE_PRESENT | PTE_WRITE | PTE_USER
     mov [ebx + 4 * 1023], eax
-%ifdef PARAVIRT
-    mov eax, [esi+P_CR3]            ; the directory and the user table are page tables
-    call pv_pin_address_space       ; now: read-only, checked and pinned by the VMM
-%endif
+    op new_address_space
     ; a kernel stack, with the frame that its first return to user mode pops
     call alloc_frame
     test eax, eax
@@ -913,18 +1061,7 @@ free_address_space:
     inc ecx
     jmp .page
 .table:
-%ifdef PARAVIRT
-    mov eax, esi                    ; unpin the directory and its table, writable again
-    call pv_unpin_address_space     ; (and run on the kernel's own directory)
-    mov eax, edi
-    call free_frame
-%else
-    mov eax, edi
-    call free_frame
-    ; switch to the kernel's own directory before freeing this one
-    mov eax, kernel_page_directory
-    mov cr3, eax
-%endif
+    op release_address_space        ; the table freed, the kernel's own directory loaded
     mov eax, esi
     call free_frame
     pop ebx
@@ -998,14 +1135,14 @@ free_frame:
 
 ; ---- the console and panics --------------------------------------------------------------
 kputc:
-    console_putc
+    op console_putc
     ret
 
 kputs:                              ; ESI = a zero-terminated string
     lodsb
     test al, al
     jz .done
-    console_putc
+    op console_putc
     jmp kputs
 .done:
     ret
@@ -1019,7 +1156,7 @@ kputhex:                            ; EAX, as 8 hex digits
     mov dl, [hex_digits + edx]
     push eax
     mov al, dl
-    console_putc
+    op console_putc
     pop eax
     loop .digit
     ret
@@ -1036,7 +1173,7 @@ kputdec:                            ; EAX, unsigned, in decimal
 .last:
     mov al, dl
     add al, '0'
-    console_putc
+    op console_putc
     ret
 
 kernel_panic:
@@ -1045,7 +1182,7 @@ kernel_panic:
     kprint msg_eip, [ebp+F_EIP], kputhex
     mov esi, msg_cr2
     call kputs
-    read_fault_address
+    op read_fault_address
     call kputhex
     kprint msg_regs, [ebp+F_EAX], kputhex
     mov al, ' '
@@ -1063,31 +1200,32 @@ kernel_panic:
     mov al, 10
     call kputc
     mov al, 2
-    power_off
-    irq_disable
-    safe_halt
+    op power_off
+    op irq_disable
+    op safe_halt
 
 panic_message:
     call kputs
     mov al, 2
-    power_off
-    irq_disable
-    safe_halt
+    op power_off
+    op irq_disable
+    op safe_halt
 
 shutdown:
     mov esi, msg_halt
     call kputs
     xor eax, eax
-    power_off
-    irq_disable
-    safe_halt
+    op power_off
+    op irq_disable
+    op safe_halt
 
-%ifdef PARAVIRT
-; ---- paravirtual helpers: the hypercalls behind the macros ------------------------------
+%ifdef PARAVIRT_CODE
+; ---- paravirtual helpers: the hypercalls behind the ops ---------------------------------
 ; Page-table updates and context switches are queued and sent together in one multicall:
 ; one exit for the lot (built with PARAVIRT_UNBATCHED, one hypercall each, to compare).
 MC_SIZE   equ 28                    ; a multicall entry: op, five arguments, result
 MAX_BATCH equ 8
+CONSOLE_LINE equ 128                ; the kernel's console is written a line at a time
 
 pv_force_event:                     ; events unmasked with one pending: let the VMM in
     push eax
@@ -1095,21 +1233,46 @@ pv_force_event:                     ; events unmasked with one pending: let the 
     pop eax
     ret
 
-pv_putc:                            ; AL to the console
+pv_putc:                            ; AL to the console (sent with the next hypercalls:
+    push ebx                        ; every flush sends the kernel's text too, and a user's
+    mov ebx, [console_used]         ; write sends it first)
+    mov [console_line + ebx], al
+    inc ebx
+    mov [console_used], ebx
+    cmp ebx, CONSOLE_LINE
+    jb .done
+    call pv_flush
+.done:
+    pop ebx
+    ret
+
+pv_queue_console:                   ; the kernel's console text, queued
     push eax
     push ebx
     push ecx
     push edx
-    mov [console_byte], al
+    mov ecx, [console_used]
+    test ecx, ecx
+    jz .done
+    mov eax, HYPERVISOR_console_io
     mov ebx, CONSOLEIO_write
-    mov ecx, 1
-    mov edx, console_byte
-    hypercall HYPERVISOR_console_io
+    mov edx, console_line
+    call pv_queue
+    mov dword [console_used], 0
+.done:
     pop edx
     pop ecx
     pop ebx
     pop eax
     ret
+
+pv_shutdown:                        ; AL = exit status
+    call pv_queue_console           ; (the last of the console before the power goes)
+    movzx ecx, al
+    mov ebx, SCHEDOP_shutdown
+    mov eax, HYPERVISOR_sched_op
+    call pv_queue
+    jmp pv_flush
 
 pv_queue:                           ; EAX = hypercall, EBX ECX EDX = its arguments
     push edi
@@ -1178,14 +1341,15 @@ pv_queue_mmuext:                    ; EAX = MMUEXT_ command, EDX = its frame or 
 pv_queue_stack_switch:              ; ECX = the kernel stack's top
     push eax
     push ebx
-    mov ebx, KERNEL_DATA
+    mov ebx, PV_KERNEL_DATA
     mov eax, HYPERVISOR_stack_switch
     call pv_queue
     pop ebx
     pop eax
     ret
 
-pv_flush:                           ; send what is queued
+pv_flush:                           ; send what is queued (and the kernel's console text)
+    call pv_queue_console
     push eax
     push ebx
     push ecx
@@ -1234,6 +1398,20 @@ pv_clear_pte:                       ; EDI = a PTE to clear, EBX = the page it ma
     pop eax
     ret
 
+pv_pin_kernel_tables:               ; the kernel's directory and table: read-only where
+    ; they are mapped (the VMM checks: a page table is never writable), then pinned, and
+    ; the directory loaded (sent with the rest of boot's hypercalls: start_timer)
+    and dword [kernel_page_table + KERNEL_TABLE_PAGE * 4], ~PTE_WRITE
+    and dword [kernel_page_table + KERNEL_DIRECTORY_PAGE * 4], ~PTE_WRITE
+    mov eax, MMUEXT_PIN_L1_TABLE
+    mov edx, kernel_page_table
+    call pv_queue_mmuext
+    mov eax, MMUEXT_PIN_L2_TABLE
+    mov edx, kernel_page_directory
+    call pv_queue_mmuext
+    mov eax, MMUEXT_NEW_BASEPTR
+    jmp pv_queue_mmuext
+
 pv_pin_address_space:               ; EAX = a new process's page directory
     push eax
     push ebx
@@ -1259,9 +1437,8 @@ pv_pin_address_space:               ; EAX = a new process's page directory
     call pv_queue_mmuext
     pop edx
     mov eax, MMUEXT_PIN_L2_TABLE
-    call pv_queue_mmuext
-    call pv_flush
-    pop edi
+    call pv_queue_mmuext            ; (sent with the next flush: at the latest, the switch
+    pop edi                         ; to this process, which needs them pinned)
     pop edx
     pop ebx
     pop eax
@@ -1302,6 +1479,79 @@ pv_unpin_address_space:             ; EAX = a dying process's page directory
     pop ebx
     pop eax
     ret
+%endif
+
+%ifdef PVOPS
+; ---- paravirt_ops: one binary for bare metal and the paravirtual VMM -------------------
+; Every op above is a call to its native body. pvops_patch asks CPUID whether it runs
+; under vmlab's paravirtual VMM (leaf 1: ECX bit 31, "a hypervisor is here"; leaf
+; 0x40000000: which one) and, if so, rewrites each call site to call the op's paravirtual
+; body instead. Bare metal answers "no hypervisor" and every site stays as it is.
+pvops_patch:
+    mov eax, 1
+    cpuid
+    test ecx, 1 << 31
+    jz .native
+    mov eax, 0x40000000
+    cpuid
+    cmp ebx, 'vmla'                 ; "vmlabvmlabPV"
+    jne .native
+    cmp ecx, 'bvml'
+    jne .native
+    cmp edx, 'abPV'
+    jne .native
+    mov esi, pvop_sites
+.next:
+    lodsd                           ; a call site
+    mov edi, eax
+    lodsd                           ; and the op's paravirtual body
+    test edi, edi
+    jz .patched
+    sub eax, edi
+    sub eax, 5                      ; (relative to the end of the 5-byte CALL or JMP)
+    mov [edi + 1], eax
+    inc dword [pvops_patched]
+    jmp .next
+.patched:
+    mov byte [pvops_path], 2
+    ret
+.native:
+    mov byte [pvops_path], 1
+    ret
+
+; Each op's two bodies as functions (what the call sites call).
+%macro op_functions 1
+native_%1_op:
+    native_%1
+    ret
+pv_%1_op:
+    pv_%1
+    ret
+%endmacro
+    op_functions load_segments
+    op_functions install_traps
+    op_functions prepare_entry
+    op_functions load_task_register
+    op_functions enable_paging
+    op_functions start_timer
+    op_functions irq_enable
+    op_functions irq_disable
+    op_functions save_flags
+    op_functions restore_flags
+    op_functions safe_halt
+    op_functions syscall_entered
+    op_functions end_of_interrupt
+    op_functions return_from_interrupt
+    op_functions console_putc
+    op_functions console_write
+    op_functions set_kernel_stack
+    op_functions load_cr3
+    op_functions set_user_pte
+    op_functions clear_user_pte
+    op_functions new_address_space
+    op_functions release_address_space
+    op_functions read_fault_address
+    op_functions power_off
 %endif
 
 ; Everything above is code, everything below data (a VMM's scanner reads the kernel's
@@ -1353,11 +1603,18 @@ free_list:      dd 0
 dead_stack:     dd 0
 procs:          times MAX_PROCS * P_SIZE db 0
 tss:            times 0x68 db 0
-%ifdef PARAVIRT
+%ifdef PVOPS
+pvop_sites:     dd PVOP_SITES       ; (call site, paravirtual body) pairs, then 0, 0
+pvops_patched:  dd 0                ; how many sites pvops_patch rewrote
+pvops_path:     db 0                ; 0 not decided yet, 1 native, 2 paravirtual
+%endif
+%ifdef PARAVIRT_CODE
+    align 16
 vcpu_info:      db 0, 1, 0, 0       ; pending, mask (events masked until the idle loop)
                 dd 0, 0, 0          ; pending channels, CR2, (padding)
 trap_table:     times 22 * 8 db 0
-console_byte:   db 0
+console_used:   dd 0
+console_line:   times CONSOLE_LINE db 0
 batch_count:    dd 0
 multicall_batch: times MAX_BATCH * MC_SIZE db 0
 pv_requests:    times MAX_BATCH * 8 db 0
@@ -1366,5 +1623,7 @@ pv_requests:    times MAX_BATCH * 8 db 0
     times (4096 - ($ - $$) % 4096) % 4096 db 0    ; page-align (org is page-aligned)
 kernel_page_directory: times 1024 dd 0
 kernel_page_table:     times 1024 dd 0
+KERNEL_DIRECTORY_PAGE  equ (kernel_page_directory - $$ + KERNEL_ORIGIN) >> 12
+KERNEL_TABLE_PAGE      equ (kernel_page_table - $$ + KERNEL_ORIGIN) >> 12
 idt:                   times 0x81 * 8 db 0
 kernel_end:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from vm.cpu.cost import CostModel
 from vm.hypervisor.binary_translation import BinaryTranslationVM
 from vm.hypervisor.native import BareMetalVM
+from vm.hypervisor.paravirt import ParavirtVM
 from vm.hypervisor.trap_emulate import TrapEmulateVM
 from vm.hypervisor.vmm import VM
 from vm.hypervisor.vmm_area import VMM_AREA
@@ -27,6 +28,7 @@ class Mode:
     vmm_area: int  # bytes the VMM needs above the guest's RAM
     make: Callable[..., VM]  # (machine, ram_size, cost, name, kernel_text, **options) -> VM
     options: frozenset[str] = frozenset()  # the keyword options the mode takes
+    kernel: str = "native"  # the toyos build it runs unless told otherwise (KERNELS)
 
 
 def _native(machine: Machine, ram_size: int, cost: CostModel, name: str, kernel_text, **_):
@@ -39,6 +41,27 @@ def _trap_emulate(machine: Machine, ram_size: int, cost: CostModel, name: str, k
 
 def _binary_translation(machine: Machine, ram_size: int, cost: CostModel, name: str, text, **_):
     return BinaryTranslationVM(machine, ram_size, cost, name, text)
+
+
+def _paravirt(machine: Machine, ram_size: int, cost: CostModel, name: str, text, **_):
+    return ParavirtVM(machine, ram_size, cost, name)
+
+
+# The toyos builds, by name: the %defines each is assembled with.
+KERNELS = {
+    "native": (),  # privileged instructions: for bare metal (and full virtualization)
+    "paravirt": ("PARAVIRT",),  # hypercalls instead: for the paravirtual VMM
+    "pvops": ("PVOPS",),  # one binary for both: patches itself at boot (paravirt_ops)
+}
+
+
+def kernel_defines(kernel: str, batch: bool = True) -> tuple[str, ...]:
+    """The %defines of a toyos build (``batch=False``: a paravirtual kernel that makes one
+    hypercall per page-table update and context switch, not one multicall for several)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"no kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
+    defines = KERNELS[kernel]
+    return defines if batch or kernel != "paravirt" else (*defines, "PARAVIRT_UNBATCHED")
 
 
 MODE_TABLE: dict[str, Mode] = {
@@ -57,6 +80,14 @@ MODE_TABLE: dict[str, Mode] = {
             "full virtualization: the kernel's sensitive instructions translated to callouts",
             VMM_AREA,
             _binary_translation,
+        ),
+        Mode(
+            "paravirt",
+            "paravirtualization: a kernel built to make hypercalls instead (Xen's way)",
+            VMM_AREA,
+            _paravirt,
+            frozenset({"batch"}),
+            "paravirt",
         ),
     )
 }

@@ -47,3 +47,16 @@ class BareMetalVM(VM):
 
     def fault(self) -> Outcome:
         raise VMStopped("fault", str(self.machine.last_exit()))
+
+    def triple_fault(self) -> Outcome:
+        """The CPU shut down; a paravirtual kernel's hypercall is the usual reason here."""
+        eip = self.cpu.eip
+        code = self.machine.read(eip, 3) if eip + 3 <= self.machine.memory_size else b""
+        if code == b"\x0f\x01\xc1" or code[:2] == b"\xcd\x82":
+            gate = "VMCALL" if code[0] == 0x0F else "INT 0x82"
+            raise VMStopped(
+                "fault",
+                f"triple fault: the kernel's hypercall ({gate} at {eip:#x}) raises #UD on bare "
+                "metal, where no hypervisor answers it: a paravirtual kernel needs its VMM",
+            )
+        return super().triple_fault()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from vm.hypervisor.guest_memory import GuestMemory
-from vm.hypervisor.vmm_area import GDT_OFFSET, IDT_OFFSET, TSS_OFFSET, VMMArea
+from vm.hypervisor.vmm_area import IDT_LINEAR, TSS_LINEAR, VMMArea
 from vm.machine import Machine
 
 KERNEL_RING = 1
@@ -28,6 +28,7 @@ class RingCompression:
     def __init__(self, machine: Machine, area: VMMArea, memory: GuestMemory) -> None:
         self.cpu = machine.cpu
         self.memory = memory
+        self.gdt_linear = area.gdt_linear
         words = machine.window.view(np.uint32)
         self.real_gdt = words[area.gdt >> 2 : (area.gdt >> 2) + 2 * MAX_DESCRIPTORS]  # a view
         self.descriptors = MAX_DESCRIPTORS  # how many the real GDT may hold now (not zero)
@@ -40,11 +41,11 @@ class RingCompression:
         self.forget()
         self.real_gdt[:] = 0
         self.real_gdt[2:6] = RESET_GDT
-        cpu.gdtr_base = VMMArea.linear(GDT_OFFSET)
+        cpu.gdtr_base = self.gdt_linear
         cpu.gdtr_limit = 0x17
-        cpu.idtr_base = VMMArea.linear(IDT_OFFSET)
+        cpu.idtr_base = IDT_LINEAR
         cpu.idtr_limit = 0x7FF
-        cpu.tss_base = VMMArea.linear(TSS_OFFSET)
+        cpu.tss_base = TSS_LINEAR
         cpu.cs, cpu.ss = RING1_CODE, RING1_DATA
         cpu.ds = cpu.es = cpu.fs = cpu.gs = 0
 

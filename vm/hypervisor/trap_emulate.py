@@ -205,15 +205,6 @@ class TrapEmulateVM(VM):
         elif cr == 4:
             v.cr4 = value
 
-    def start_timer(self, period: int) -> None:
-        """The guest programmed its timer: the real one ticks at its rate, and each tick
-        exits to the VMM (the real PIC passes IRQ 0 only)."""
-        cpu = self.cpu
-        cpu.timer_period = period
-        cpu.timer_next = cpu.cycles + period
-        cpu.pic_imr = 0xFE
-        self.note("timer", "program", f"virtual PIT: a tick every {period:,} cycles")
-
     def invalidate_page(self, linear: int) -> None:
         """INVLPG: the shadow entry of one page goes."""
         self.shadow.invlpg(linear)

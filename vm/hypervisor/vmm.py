@@ -483,7 +483,14 @@ class VM:
         return None
 
     def start_timer(self, period: int) -> None:
-        """Program the real timer for the guest's period (modes with a virtual timer)."""
+        """The guest programmed its timer: the real one ticks at its rate, and each tick
+        exits to the VMM (the real PIC passes IRQ 0 only). (Set ``arm_timer``: the loop
+        calls this at VM entry, once the exit's cost is on the clock.)"""
+        cpu = self.cpu
+        cpu.timer_period = period
+        cpu.timer_next = cpu.cycles + period
+        cpu.pic_imr = 0xFE
+        self.note("timer", "program", f"a tick every {period:,} cycles")
 
     def unexpected_exit(self) -> Outcome:
         raise VMStopped("fault", f"unexpected exit {self.machine.last_exit()}")

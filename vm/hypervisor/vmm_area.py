@@ -8,7 +8,11 @@ the guest puts there:
 
     page  0..15   the real GDT (up to 8,192 descriptors: x86's largest, 64 KiB)
     page  16      the real TSS (at +0x000) and the real IDT (at +0x800: SIDT's red pill)
-    page  17      the page table that maps pages 0..16 at VMM_LINEAR
+    page  17      the page table that maps them at VMM_LINEAR: the GDT's pages at its start
+                  (or at a page a mode chooses), the TSS and IDT page at VMM_LINEAR +
+                  0xFE000. (The CPU reads these pages on every event it delivers itself, and
+                  vmlab's TLB is direct-mapped by page number: slots 0xE0 up are ones a
+                  guest's usual pages rarely need, where slot 0 is its first user page's.)
     page  18 ...  the pool of frames for shadow page tables
 """
 
@@ -24,27 +28,36 @@ GDT_PAGES = 16
 GDT_OFFSET = 0
 TSS_OFFSET = GDT_PAGES * PAGE
 IDT_OFFSET = GDT_PAGES * PAGE + 0x800
-MAPPED_PAGES = GDT_PAGES + 1  # what the VMM maps at VMM_LINEAR
-MAP_TABLE_OFFSET = MAPPED_PAGES * PAGE
+TABLES_PAGE = 0xFE  # the linear page (from VMM_LINEAR) the TSS and IDT page is mapped at
+TSS_LINEAR = VMM_LINEAR + TABLES_PAGE * PAGE
+IDT_LINEAR = TSS_LINEAR + 0x800
+MAP_TABLE_OFFSET = (GDT_PAGES + 1) * PAGE
 POOL_OFFSET = MAP_TABLE_OFFSET + PAGE
 
 
 class VMMArea:
     """Where each of the VMM's things is, in guest-physical (window) addresses."""
 
-    def __init__(self, window: np.ndarray, start: int, size: int = VMM_AREA) -> None:
+    def __init__(
+        self, window: np.ndarray, start: int, size: int = VMM_AREA, gdt_page: int = 0
+    ) -> None:
+        """``gdt_page``: the linear page (from VMM_LINEAR) the GDT's first page is mapped at."""
         if start % PAGE or start + size > window.size or size < POOL_OFFSET + 4 * PAGE:
             raise ValueError("the VMM's area does not fit after the guest's RAM")
         self.window = window
         self.start = start
         self.gdt = start + GDT_OFFSET
+        self.gdt_linear = VMM_LINEAR + gdt_page * PAGE
         self.tss = start + TSS_OFFSET
         self.idt = start + IDT_OFFSET
         self.map_table = start + MAP_TABLE_OFFSET
         self.pool = (start + POOL_OFFSET, start + size)
         words = window.view(np.uint32)
-        for page in range(MAPPED_PAGES):  # present, read-only, supervisor-only
-            words[(self.map_table >> 2) + page] = (start + page * PAGE) | 1
+        table = self.map_table >> 2
+        words[table : table + 1024] = 0
+        for page in range(GDT_PAGES):  # present, read-only, supervisor-only
+            words[table + gdt_page + page] = (start + page * PAGE) | 1
+        words[table + TABLES_PAGE] = (start + TSS_OFFSET) | 1
         self.directory_entry = self.map_table | 1  # what PDE 1023 holds in every space
 
     @staticmethod
