@@ -20,13 +20,14 @@ import vm
 from vm.asm import AsmError, assemble
 from vm.hypervisor.binary_translation import BinaryTranslationVM
 from vm.hypervisor.host import Host
+from vm.hypervisor.paravirt import ParavirtVM
 from vm.hypervisor.trap_emulate import TrapEmulateVM
 from vm.hypervisor.vmm_area import VMM_AREA
 from vm.interface import GUEST_RAM
 from vm.machine import Machine
 
 SIZE = GUEST_RAM + VMM_AREA
-GOOD = (("syscalls", "trap-emulate"), ("spawn", "binary-translation"))
+GOOD = (("syscalls", "trap-emulate"), ("spawn", "binary-translation"), ("pagetable", "paravirt"))
 SLICE = 10_000  # each guest's slice, in instructions and exits
 ROUNDS = 2  # slices each guest gets per hostile kernel
 HOSTILE_SLICE = 3_000
@@ -78,6 +79,12 @@ def _attack(rng: random.Random) -> str:
             f"invlpg [{page:#x}]",
             # port I/O anywhere
             f"mov edx, {rng.randrange(0x10000):#x}\nmov eax, {value:#x}\nout dx, eax\nin al, dx",
+            # hypercalls with arguments meant to hurt (the paravirtual VMM's; #UD elsewhere)
+            f"mov eax, {rng.choice([0, 1, 3, 4, 13, 15, 18, 24, 26, 29, 99, value]):#x}\n"
+            f"mov ebx, {rng.choice([0, 1, 2, 0x1000, 0x10000, base, value]):#x}\n"
+            f"mov ecx, {rng.choice([0, 1, 2, 8, 1024, 1025, limit, value]):#x}\n"
+            f"mov edx, {rng.choice([0, 0x1000, base, value]):#x}\n"
+            f"{rng.choice(['vmcall', 'int 0x82'])}",
             # self-modifying code over the kernel's own (patched) text
             f"mov byte [{0x1000 + rng.randrange(64):#x}], {rng.choice([0xCC, 0x90, 0x9D]):#x}",
         ]
@@ -152,7 +159,7 @@ class Neighbourhood:
     kernel (the good guests go back to their first state each time)."""
 
     def __init__(self) -> None:
-        self.host = Host(3 * SIZE)
+        self.host = Host((len(GOOD) + 1) * SIZE)
         self.hostile_machine = self.host.new_machine(SIZE)
         self.good = [vm.boot(w, m, host=self.host) for w, m in GOOD]
         self.starts = [g.snapshot() for g in self.good]
@@ -170,8 +177,11 @@ class Neighbourhood:
         machine.eip = 0x1000
         for name in ("eax", "ecx", "edx", "ebx", "esi", "edi"):
             setattr(machine.regs, name, rng.choice([0, 0x1000, 0x10000, rng.getrandbits(32)]))
-        kind = rng.choice([TrapEmulateVM, BinaryTranslationVM])
-        hostile = kind(machine, GUEST_RAM, kernel_text=(0x1000, 0x1000 + len(code)))
+        kind = rng.choice([TrapEmulateVM, BinaryTranslationVM, ParavirtVM])
+        if kind is ParavirtVM:
+            hostile = ParavirtVM(machine, GUEST_RAM)
+        else:
+            hostile = kind(machine, GUEST_RAM, kernel_text=(0x1000, 0x1000 + len(code)))
         for guest, start in zip(self.good, self.starts, strict=True):
             guest.restore(start)
         status = "budget"
