@@ -3,6 +3,7 @@ and a guest that tries every hypercall with arguments meant to hurt."""
 
 from __future__ import annotations
 
+import re
 import struct
 
 import numpy as np
@@ -51,6 +52,28 @@ def test_batching_sends_many_page_table_operations_in_one_exit():
     )
     assert one_each["exits"] >= 4 * batched["exits"]
     assert batched["cycles"] < one_each["cycles"]
+
+
+def test_events_name_each_hypercall_with_its_arguments_and_batch_size():
+    batched, one_each = (
+        vm.boot("pagetable", "paravirt"),
+        vm.boot("pagetable", "paravirt", batch=False),
+    )
+    batched.run(), one_each.run()
+    texts = [e.text for e in batched.events if e.action == "hypercall"]
+    unmap = re.compile(
+        r"multicall\(2: mmu_update\(\[0x[0-9a-f]+\] = 0x0\), "
+        r"mmuext_op\(invlpg 0x40[45]000\)\) -> ok"
+    )
+    assert sum(1 for t in texts if unmap.fullmatch(t)) == 100  # (50 rounds, 2 unmaps each)
+    assert any(
+        t.startswith("multicall(8: set_trap_table(21 handlers), stack_switch(ss 0x11")
+        for t in texts
+    )
+    single = [e for e in one_each.events if e.kind == "mmu_update"]
+    assert single and all(
+        re.fullmatch(r"mmu_update\(\[0x[0-9a-f]+\] = 0x[0-9a-f]+\) -> ok", e.text) for e in single
+    )
 
 
 def test_the_paravirtual_kernel_has_no_privileged_instruction_the_native_one_needs():

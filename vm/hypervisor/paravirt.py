@@ -458,7 +458,7 @@ class ParavirtVM(VM):
             raise HypercallError(EINVAL, f"{count} bytes (at most {MAX_CONSOLE})")
         for byte in self.memory.read_bytes(buffer, count, strict=True):
             self.board.console.write(byte)
-        return 0, 1, f"({count} bytes)"
+        return 0, 1, f"({count} byte{'' if count == 1 else 's'})"
 
     def vcpu_op(self, command: int, address: int, *_: int) -> tuple[int, int, str]:
         if command != 10:
@@ -495,11 +495,12 @@ class ParavirtVM(VM):
             at = entries + 28 * k
             op, *args = self.memory.read_dwords(at, 6)
             if op == 13:  # (no multicall inside a multicall: that entry fails, the rest go)
-                name, result, handled = "multicall", EINVAL, 0
+                name, result, handled, detail = "multicall", EINVAL, 0, ""
             else:
-                name, result, handled, _ = self.call(op, tuple(args))
+                name, result, handled, detail = self.call(op, tuple(args))
             self.memory.write(at + 24, result)
-            names.append(name if result == 0 else f"{name}={ERRORS.get(result, result)}")
+            outcome = "" if result == 0 else f" = {ERRORS.get(result, result)}"
+            names.append(f"{name}{detail}{outcome}")
             items += max(1, handled)
         return 0, items, f"({count}: {', '.join(names)})"
 
@@ -507,11 +508,14 @@ class ParavirtVM(VM):
     def mmu_update(self, requests: int, count: int, *_: int) -> tuple[int, int, str]:
         if count > MAX_BATCH:
             raise HypercallError(EINVAL, f"{count} updates (at most {MAX_BATCH})")
+        done = []
         for k in range(count):
             pointer, value = self.memory.read_dwords(requests + 8 * k, 2)
             self.update_entry(pointer, value)
+            done.append(f"[{pointer:#x}] = {value:#x}")
         self.machine.flush_tlb()
-        return 0, count, f"({count} updates)"
+        shown = done if count <= 3 else [*done[:2], f"... {count - 2} more"]
+        return 0, count, f"({', '.join(shown)})"
 
     def update_entry(self, pointer: int, value: int) -> None:
         """One checked write of a pinned table's entry (guest-physical ``pointer``)."""
