@@ -13,9 +13,9 @@ import pytest
 import vm
 from vm.asm import assemble
 from vm.cpu.cost import DEFAULT
+from vm.cpu.decode import decode_form
 from vm.cpu.exits import ExitReason
 from vm.hypervisor.descriptors import GuestDescriptors
-from vm.hypervisor.emulator import decode_instruction
 from vm.hypervisor.guest_memory import CACHE_LIMIT, GuestFault, GuestMemory, GuestPageFault
 from vm.hypervisor.host import Host
 from vm.hypervisor.modes import MODE_TABLE
@@ -345,9 +345,10 @@ def test_the_decoder_names_each_system_form_from_the_instruction_table():
         "e621": "out", "ec": "in", "0f0100": "sgdt", "0f0108": "sidt",
     }  # fmt: skip
     for code, name in names.items():
-        ins = decode_instruction(bytes.fromhex(code) + bytes(8))
+        ins = decode_form(bytes.fromhex(code) + bytes(8))
         assert ins is not None and ins.name == name and ins.length == len(code) // 2, code
-    assert decode_instruction(bytes.fromhex("0f01c1") + bytes(8)) is None  # VMCALL: #UD here
+    assert decode_form(bytes.fromhex("0f01c1") + bytes(8)).name == "vmcall"
+    assert decode_form(bytes.fromhex("0f01c8") + bytes(8)) is None  # (0F 01 /1, mod 3: #UD)
 
 
 def _te(source: str) -> TrapEmulateVM:

@@ -73,6 +73,11 @@ def test_patching_rewrites_only_pushf_popf_and_iret_and_translation_every_sensit
         assert te.machine.window[address] == 0xCC  # INT3
     result = bt.run()
     assert result.stats["callouts"] > 0 and "#GP" not in result.stats["exits_by_reason"]
+    # What it translates comes from the instruction table, and it can emulate all of it.
+    from vm.hypervisor.binary_translation import TRANSLATED
+    from vm.isa import PRIVILEGED_NAMES
+
+    assert PRIVILEGED_NAMES <= TRANSLATED <= bt.emulator.names
 
 
 @pytest.mark.parametrize("mode", VIRTUAL)

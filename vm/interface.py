@@ -27,9 +27,9 @@ from vm.hypervisor.events import Event, EventLog
 from vm.hypervisor.host import Host
 from vm.hypervisor.modes import MODES, kernel_defines
 from vm.hypervisor.modes import mode as mode_spec
-from vm.hypervisor.vmm import DEFAULT_BUDGET, VM, Until, VMResult, VMSnapshot, check_budget
+from vm.hypervisor.vmm import DEFAULT_BUDGET, VM, Until, VMResult, VMSnapshot
 from vm.isa import REG32_NAMES
-from vm.machine import Machine
+from vm.machine import Machine, check_budget
 
 GUEST_RAM = 4 << 20  # each guest's RAM (the VMM's area, if any, comes after it)
 P, RW, US = 1, 2, 4

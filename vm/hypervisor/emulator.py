@@ -17,15 +17,12 @@ load does to shadow paging, how the real GDT is made) the emulator asks the VM f
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from vm.cpu.decode import MAX_INSTRUCTION, OPINFO, decode_again
-from vm.cpu.decode import effective_address as cpu_effective_address
+from vm.cpu.decode import MAX_INSTRUCTION, Decoded, decode_form, decoded_address
 from vm.cpu.state import CR0_PE, FLAG_IF
 from vm.hypervisor.guest_memory import GuestFault
-from vm.isa import FORMS, POPF_WRITABLE, REG32_NAMES, Form
+from vm.isa import POPF_WRITABLE, REG32_NAMES
 
 if TYPE_CHECKING:
     from vm.hypervisor.trap_emulate import TrapEmulateVM
@@ -34,78 +31,6 @@ VECTOR_UD, VECTOR_GP = 6, 13
 DECODE_CACHE_LIMIT = 1024  # decoded instructions kept (by their bytes) before starting over
 HANG_TICKS = 5  # ticks a halted vCPU with IF clear is given before the VMM calls it a hang
 SREG_SLOTS = ("es", "cs", "ss", "ds", "fs", "gs")  # ModRM.reg order
-
-
-# ---- decoding ----------------------------------------------------------------------------------
-class Decoded(NamedTuple):
-    """One decoded instruction: its row of the instruction table and its operand fields."""
-
-    form: Form
-    length: int
-    mod: int
-    reg: int
-    rm: int
-    imm: int
-    code: bytes
-    name: str  # the form's name for the VMM (form_name)
-
-    @property
-    def is_memory(self) -> bool:
-        return self.mod != 3
-
-
-def form_name(form: Form) -> str:
-    """The name the VMM knows a form by: the mnemonic, told apart where one mnemonic
-    means several operations (MOV to and from CRn and segment registers)."""
-    if form.mnemonic == "mov" and "cr" in form.operands:
-        return "mov_to_cr" if form.operands[0] == "cr" else "mov_from_cr"
-    if form.mnemonic == "mov" and "sreg" in form.operands:
-        return "mov_to_sreg" if form.operands[0] == "sreg" else "mov_from_sreg"
-    return {"pushfd": "pushf", "popfd": "popf", "iretd": "iret"}.get(form.mnemonic, form.mnemonic)
-
-
-def _form_index() -> dict[tuple[int, int], Form]:
-    index: dict[tuple[int, int], Form] = {}
-    for form in FORMS:
-        op = form.opcode
-        code = 256 + op[1] if op[0] == 0x0F else op[0]
-        digits = [int(form.modrm)] if form.modrm not in (None, "r") else range(8)
-        regs = range(8) if form.plus_reg else range(1)
-        for r in regs:
-            for d in digits:
-                index.setdefault((code + r, d), form)
-    return index
-
-
-FORM_AT = _form_index()
-
-
-def _buffer(code: bytes) -> np.ndarray:
-    buf = np.zeros(MAX_INSTRUCTION + 16, dtype=np.uint8)
-    data = code[:MAX_INSTRUCTION]
-    buf[: len(data)] = np.frombuffer(data, dtype=np.uint8)
-    return buf
-
-
-def decode_instruction(code: bytes) -> Decoded | None:
-    """The instruction at the start of code, with its table row; None where the CPU
-    raises #UD (or the bytes run out)."""
-    no_registers = np.zeros(8, dtype=np.int64)  # (the effective address comes later)
-    length, op, _, mod, reg, rm, _, imm = decode_again(_buffer(code), 0, no_registers, OPINFO)
-    if length == 0 or length > len(code):
-        return None
-    if op == 0x101 and mod == 3 and reg != 4:  # 0F 01 C1 VMCALL and friends: #UD here
-        return None
-    form = FORM_AT.get((int(op), int(reg)))
-    if form is None:
-        return None
-    fields = (int(length), int(mod), int(reg), int(rm), int(imm), bytes(code[:length]))
-    return Decoded(form, *fields, form_name(form))
-
-
-def operand_address(ins: Decoded, state: np.ndarray) -> int:
-    """The linear address of a memory operand, with the registers in ``state`` (flat)."""
-    return int(cpu_effective_address(_buffer(ins.code), 0, state, OPINFO))
 
 
 # ---- emulation ---------------------------------------------------------------------------------
@@ -136,7 +61,7 @@ class Emulator:
         if ins is False:
             if len(self.decoded) >= DECODE_CACHE_LIMIT:
                 self.decoded.clear()
-            ins = self.decoded[code] = decode_instruction(code)
+            ins = self.decoded[code] = decode_form(code)
         return ins
 
     def emulate(self, ins: Decoded, eip: int) -> None:
@@ -156,7 +81,7 @@ class Emulator:
 
     # ---- operands ------------------------------------------------------------------------------
     def address(self, ins: Decoded) -> int:
-        return operand_address(ins, self.vm.state)
+        return decoded_address(ins, self.vm.state)
 
     def register(self, number: int) -> int:
         """General register ``number`` (ModRM order: EAX ECX EDX EBX ESP EBP ESI EDI)."""

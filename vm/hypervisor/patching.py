@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from vm.cpu.decode import MAX_INSTRUCTION, instruction_length
+from vm.cpu.decode import MAX_INSTRUCTION, Decoded, decode_form, instruction_length
 from vm.cpu.state import MAX_BREAKPOINTS
-from vm.hypervisor.emulator import Decoded, decode_instruction
 from vm.machine import Machine
 
 INT3 = 0xCC
@@ -36,7 +35,7 @@ def scan(window: np.ndarray, start: int, end: int, wanted: frozenset[str]) -> tu
         length = instruction_length(chunk)
         if length == 0:  # the CPU raises #UD here: nothing after it can be told apart
             return found, at
-        ins = decode_instruction(chunk)
+        ins = decode_form(chunk)
         if ins is not None and ins.name in wanted and ins.length == length:
             found[at] = ins
         at += length

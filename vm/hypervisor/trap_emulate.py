@@ -22,6 +22,7 @@ the POPF sites only to say which one lost the guest's interrupts).
 from __future__ import annotations
 
 from vm.cpu.cost import DEFAULT, CostModel
+from vm.cpu.decode import Decoded
 from vm.cpu.exits import ExitReason
 from vm.cpu.state import (
     CR0_PE,
@@ -35,7 +36,7 @@ from vm.cpu.state import (
 from vm.hypervisor import patching
 from vm.hypervisor.descriptors import GuestDescriptors
 from vm.hypervisor.devices import VirtualBoard
-from vm.hypervisor.emulator import HANG_TICKS, Decoded, Emulator, flags_from_guest
+from vm.hypervisor.emulator import HANG_TICKS, Emulator, flags_from_guest
 from vm.hypervisor.guest_memory import GuestFault, GuestMemory, GuestPageFault
 from vm.hypervisor.reflection import Reflector
 from vm.hypervisor.ring_compression import RingCompression

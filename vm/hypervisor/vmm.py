@@ -44,7 +44,7 @@ from vm.cpu.cost import DEFAULT, CostModel
 from vm.cpu.exits import ExitReason
 from vm.hypervisor.devices import Board
 from vm.hypervisor.events import EVENT_LOG_SIZE, EventLog
-from vm.machine import Machine, Snapshot, vector_name
+from vm.machine import Machine, Snapshot, check_budget, vector_name
 
 DEFAULT_BUDGET = 500_000_000
 NO_ERROR_CODE = -1
@@ -580,12 +580,3 @@ class Pause(Exception):  # (it is how a run pauses, not an error)
     def __init__(self, status: str) -> None:
         super().__init__(status)
         self.status = status
-
-
-def check_budget(budget: int) -> int:
-    """A run's budget as an int: an integer (not a bool) from 1 to 2**63 - 1."""
-    if isinstance(budget, bool) or not isinstance(budget, int | np.integer):
-        raise ValueError(f"budget must be a positive integer, not {budget!r}")
-    if not 1 <= budget <= (1 << 63) - 1:
-        raise ValueError(f"budget must be from 1 to 2**63 - 1, not {budget!r}")
-    return int(budget)
