@@ -79,7 +79,7 @@ def opcodes() -> list[bytes]:
 def handler_of(op: int, reg: int) -> int:
     """The branch the core's run loop takes (as it computes it)."""
     handler = core.OP_HANDLER[op]
-    return core.HANDLER[op * 8 + reg] if handler == core.H_BY_DIGIT else handler
+    return core.HANDLER[op * 8 + reg] if handler == core.H_SLOW else handler
 
 
 def test_every_encoding_of_the_table_reaches_its_rows_branch_and_no_other_does():
@@ -196,3 +196,9 @@ def test_each_form_costs_what_its_row_says(slot, memory, form):
         return
     assert ex.reason != ExitReason.FAULT, f"{code.hex(' ')}: {ex}"
     assert m.cycles - before == form.cost, f"{code.hex(' ')}: {ex}"
+
+
+def test_every_privileged_form_takes_the_slow_path_that_checks_privilege():
+    for (slot, _), form in form_slots().items():
+        if form.privileged:
+            assert core.OP_HANDLER[slot // 8] == core.H_SLOW, form

@@ -52,6 +52,7 @@ from vm.cpu.decode import (
     OPINFO,
     decode,
     decode_again,
+    decode_exact,
     effective_address,
 )
 from vm.cpu.devices import acknowledge_irq, device_io, irq_waiting, is_core_port, take_irq
@@ -263,14 +264,18 @@ HANDLER = np.zeros(FORM_SLOTS, dtype=np.int64)
 for (_slot, _), _form in form_slots().items():
     HANDLER[_slot] = FAMILY[_form.family]
 # The same by opcode index, which the decoder knows first (so the jump waits for the opcode
-# byte only): the family all its forms share, or H_BY_DIGIT where the ModRM digit picks it
-# (0F 00 and 0F 01: SGDT ... INVLPG), for HANDLER to say.
-H_BY_DIGIT = -1
+# byte only): the family all its forms share; or H_SLOW for the rare opcodes whose forms are
+# privileged (Form.privileged: checked before the operand stage) or whose ModRM digit picks
+# the family (0F 00, 0F 01), for HANDLER and ACCESS to say. The common forms pay one test.
+H_SLOW = -1
 OP_HANDLER = np.zeros(OPCODE_INDEXES, dtype=np.int64)
 for _op in range(OPCODE_INDEXES):
-    _families = set(HANDLER[_op * 8 : _op * 8 + 8].tolist()) - {H_UD}
-    if _families:
-        OP_HANDLER[_op] = _families.pop() if len(_families) == 1 else H_BY_DIGIT
+    _slots = slice(_op * 8, _op * 8 + 8)
+    _families = set(HANDLER[_slots].tolist()) - {H_UD}
+    if len(_families) > 1 or (ACCESS[_slots] & ACC_PRIVILEGED).any():
+        OP_HANDLER[_op] = H_SLOW
+    elif _families:
+        OP_HANDLER[_op] = _families.pop()
 
 
 @jit(b1(State, i64, i64))
@@ -611,13 +616,20 @@ def run(state, mem, budget):
                     fault = True
                 else:
                     length, op, rep, mod, reg, rm, ea, imm = decode_again(mem, p, state, OPINFO)
-            if not fault and length == 0:
-                fault = raise_fault(state, VECTOR_UD, NO_ERROR_CODE)
+            if not fault and length == 0:  # #UD, unless its ModRM byte names it (VMCALL)
+                length, op = decode_exact(mem, p, OPINFO)
+                if length == 0:
+                    fault = raise_fault(state, VECTOR_UD, NO_ERROR_CODE)
         eip = (eip + length) & MASK32
         form = op * 8 + reg  # index of this form in the ACCESS and cost tables
+        access = ACCESS[form]
+        handler = OP_HANDLER[op]
+        if handler == H_SLOW:  # (a privileged form, or one of 0F 00, 0F 01: see OP_HANDLER)
+            handler = HANDLER[form]
+            if access & ACC_PRIVILEGED and not fault and not privilege_allows(state, access, flags):
+                fault = raise_fault(state, VECTOR_GP, 0)  # (before anything else)
 
         # ---- 2. operands ------------------------------------------------------------------
-        access = ACCESS[form]
         size = (access >> ACC_SIZE_SHIFT) & 7  # of the r/m operand
         src = 0  # the r/m operand's value, when read
         where = -1  # host index of a memory r/m operand
@@ -626,9 +638,7 @@ def run(state, mem, budget):
         if fault or access == 0:
             pass
         else:
-            if access & ACC_PRIVILEGED and not privilege_allows(state, access, flags):
-                fault = raise_fault(state, VECTOR_GP, 0)  # (Form.privileged, before all else)
-            elif access & (ACC_READ | ACC_WRITE):
+            if access & (ACC_READ | ACC_WRITE):
                 if mod == 3:
                     src = get_reg(state, rm, size)
                 else:
@@ -653,9 +663,6 @@ def run(state, mem, budget):
         pushed = 0  # the dword a push writes
 
         # ---- 3. execute -------------------------------------------------------------------
-        handler = OP_HANDLER[op]
-        if handler == H_BY_DIGIT:
-            handler = HANDLER[form]
         if fault:
             pass
         elif handler == H_MOV_STORE:  # 89 /r  MOV r/m32, r32;  88 /r  MOV r/m8, r8
@@ -1060,9 +1067,10 @@ def run(state, mem, budget):
             if controls & EXIT_ON_VMCALL:  # as VT-x: an exit at the VMCALL, not retired
                 eip = start
                 reason = EXIT_HYPERCALL
-                state[EXIT_INSTRUCTION_LENGTH] = length
-                break
-            fault = raise_fault(state, VECTOR_UD, NO_ERROR_CODE)  # (outside a VM)
+                count -= 1  # (what retiring adds below, taken back)
+                cycles -= state[COST_TABLE + form]
+            else:
+                fault = raise_fault(state, VECTOR_UD, NO_ERROR_CODE)  # (outside a VM)
         elif handler == H_UD2:  # 0F 0B  UD2: the instruction that is #UD on purpose
             fault = raise_fault(state, VECTOR_UD, NO_ERROR_CODE)
         else:  # H_UD: no form of the table (the decoder let it through; it does not)

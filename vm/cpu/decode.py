@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import types
 
-from vm.cpu.jit import Mem, State, Table, i64, jit, jit_inline
+from vm.cpu.jit import Mem, State, Table, i64, jit, jit_inline, pair
 from vm.isa import (
     EXACT_MODRM_FORMS,
     EXACT_MODRM_INDEX,
@@ -42,9 +42,10 @@ IMM_ONLY_DIGIT0 = 1 << 4  # F6/F7: only /0 (TEST) has an immediate
 VALID = 1 << 5
 PREFIX = 1 << 6  # the byte is a prefix the decoder accepts, not an opcode
 REG_ONLY = 1 << 7  # ModRM.rm always names a register (MOV to/from CRn ignore mod)
+DIGITS_SHIFT = 8  # bits 8..15: ModRM digits that are a form (with a memory operand)
 EXACT_MODRM = 1 << 16  # some ModRM bytes with mod 3 name a form of their own (0F 01 C1)
-DIGITS_MEM_SHIFT = 8  # bits 8..15: ModRM digits that are a form with a memory operand
-DIGITS_REG_SHIFT = 24  # bits 24..31: ModRM digits that are a form with a register operand
+CHECK_REGISTER = 1 << 17  # not every digit takes a register operand (LEA, 0F 01): see below
+REGISTER_DIGITS_SHIFT = 24  # bits 24..31, with CHECK_REGISTER: digits with a register operand
 # After the opcode indexes: the keys of the EXACT_MODRM forms, (opcode index << 8) | ModRM.
 EXACT_KEYS = OPCODE_INDEXES
 OPINFO_SIZE = EXACT_KEYS + MAX_EXACT_MODRM
@@ -68,6 +69,7 @@ def build_opinfo() -> np.ndarray:
     info = np.zeros(OPINFO_SIZE, dtype=np.int64)
     info[EXACT_KEYS:] = -1
     imm_by_digit: dict[int, dict[int, int]] = {}
+    digits: dict[int, list[int]] = {}  # opcode index -> [memory digits, register digits]
     for form in FORMS:
         index = opcode_index(form)
         imm = sum(IMM_SIZES.get(kind, 0) for kind in form.operands)
@@ -75,21 +77,31 @@ def build_opinfo() -> np.ndarray:
             bits = VALID
             if form.modrm is not None:
                 bits |= HAS_MODRM
+                sides = digits.setdefault(i, [0, 0])
                 for digit in form_digits(form):
                     for memory in form_sides(form):
-                        bits |= 1 << ((DIGITS_MEM_SHIFT if memory else DIGITS_REG_SHIFT) + digit)
+                        sides[0 if memory else 1] |= 1 << digit
                 if form.modrm != "r":
                     imm_by_digit.setdefault(i, {})[int(form.modrm)] = imm
             if "r32rm" in form.operands:
                 bits |= REG_ONLY
             info[i] |= bits
             info[i] |= max(imm, (int(info[i]) >> IMM_SHIFT) & 7) << IMM_SHIFT
+    for i, (memory, register) in digits.items():
+        if info[i] & REG_ONLY:  # (mod is taken as 3 whatever it says)
+            info[i] |= register << DIGITS_SHIFT
+        else:  # every digit with a register operand has a memory one: checked first
+            assert register & ~memory == 0, i
+            info[i] |= memory << DIGITS_SHIFT
+            if register != memory:
+                info[i] |= CHECK_REGISTER | register << REGISTER_DIGITS_SHIFT
     for i, sizes in imm_by_digit.items():
         if len(set(sizes.values())) > 1:  # F6/F7: TEST has an immediate, NOT..IDIV do not
             assert set(sizes) >= {0} and all(v == 0 for d, v in sizes.items() if d != 0), i
             info[i] = (info[i] & ~(7 << IMM_SHIFT)) | (sizes[0] << IMM_SHIFT) | IMM_ONLY_DIGIT0
     for k, form in enumerate(EXACT_MODRM_FORMS):
         assert opcode_index(form) == EXACT_MODRM_INDEX + k
+        assert not any(kind in IMM_SIZES for kind in form.operands)  # (decode returns early)
         first = _byte_index(form)
         info[first] |= VALID | HAS_MODRM | EXACT_MODRM
         info[EXACT_KEYS + k] = first << 8 | form.modrm_byte
@@ -164,9 +176,9 @@ def decode(code, p, regs, opinfo):
 
     Returns (length, opcode index, rep prefix, mod, reg, rm, effective address, immediate),
     with length 0 for an encoding the CPU does not support (#UD). ``rep`` is 0, 0xF3 or 0xF2.
-    The effective address uses the current registers (``regs`` = the state array). An
-    encoding fixed by its whole ModRM byte (VMCALL) comes back as its own opcode index
-    (EXACT_MODRM_INDEX + k) with the ModRM fields it fixes.
+    The effective address uses the current registers (``regs`` = the state array). The
+    encodings a whole ModRM byte names (VMCALL) are left to decode_exact, which the run loop
+    calls when this says 0: rare, and so kept out of the loop's inlined copy of this one.
     """
     q = p
     rep = 0
@@ -195,19 +207,12 @@ def decode(code, p, regs, opinfo):
         mod = modrm >> 6
         reg = (modrm >> 3) & 7
         rm = modrm & 7
+        if not (info >> (DIGITS_SHIFT + reg)) & 1:  # (VMCALL and such: see decode_exact)
+            return 0, op, rep, mod, reg, rm, 0, 0
         if info & REG_ONLY:
             mod = 3
-        shift = DIGITS_REG_SHIFT if mod == 3 else DIGITS_MEM_SHIFT
-        if not (info >> (shift + reg)) & 1:
-            exact = -1
-            if mod == 3 and info & EXACT_MODRM:
-                for k in range(MAX_EXACT_MODRM):
-                    if opinfo[EXACT_KEYS + k] == (op << 8) | modrm:
-                        exact = k
-            if exact < 0:
-                return 0, op, rep, mod, reg, rm, 0, 0
-            op = EXACT_MODRM_INDEX + exact
-            info = opinfo[op]
+        elif mod == 3 and info & CHECK_REGISTER and not (info >> (REGISTER_DIGITS_SHIFT + reg)) & 1:
+            return 0, op, rep, mod, reg, rm, 0, 0  # (LEA, LGDT...: no register operand)
         elif mod != 3:
             if rm == 4:  # SIB byte follows
                 sib = np.int64(code[q])
@@ -253,14 +258,43 @@ def instruction_length(code: bytes) -> int:
     data = bytes(code[:MAX_INSTRUCTION])
     buf[: len(data)] = np.frombuffer(data, dtype=np.uint8)
     regs = np.zeros(8, dtype=np.int64)
-    length = int(decode(buf, 0, regs, OPINFO)[0])
+    length = int(decode_again(buf, 0, regs, OPINFO)[0])
     return length if length <= len(data) else 0
+
+
+@jit(pair(i64)(Mem, i64, Table))
+def decode_exact(code, p, opinfo):
+    """(length, opcode index EXACT_MODRM_INDEX + k) of the k-th encoding that its whole
+    ModRM byte names (VMCALL, 0F 01 C1) at code[p:], or (0, 0); none has an immediate."""
+    q = p
+    op = np.int64(code[q])
+    while opinfo[op] & PREFIX:
+        q += 1
+        if q - p > MAX_PREFIXES:
+            return 0, 0
+        op = np.int64(code[q])
+    q += 1
+    if op == 0x0F:
+        op = 256 + np.int64(code[q])
+        q += 1
+    if not opinfo[op] & EXACT_MODRM:
+        return 0, 0
+    key = (op << 8) | np.int64(code[q])
+    for k in range(MAX_EXACT_MODRM):
+        if opinfo[EXACT_KEYS + k] == key:
+            return q + 1 - p, EXACT_MODRM_INDEX + k
+    return 0, 0
 
 
 @jit(types.UniTuple(i64, 8)(Mem, i64, State, Table))
 def decode_again(code, p, regs, opinfo):
-    """decode, as a call (so the run loop inlines only one copy of the decoder)."""
-    return decode(code, p, regs, opinfo)
+    """decode and decode_exact, as a call (the run loop inlines only one copy of decode)."""
+    length, op, rep, mod, reg, rm, ea, imm = decode(code, p, regs, opinfo)
+    if length == 0:
+        exact, exact_op = decode_exact(code, p, opinfo)
+        if exact:
+            return exact, exact_op, rep, mod, reg, rm, 0, 0
+    return length, op, rep, mod, reg, rm, ea, imm
 
 
 @jit(i64(Mem, i64, State, Table))
