@@ -271,6 +271,7 @@ def stats_table(stats: dict) -> str:
     rows = [
         ("instructions", f"{stats['instructions']:,}"),
         ("cycles", f"{stats['cycles']:,}"),
+        ("idle cycles", f"{stats['idle_cycles']:,}"),
         ("system calls", f"{stats['syscalls']:,}"),
     ]
     if "pv_ops" in stats:
