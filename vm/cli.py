@@ -119,7 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the guests' workloads, given in turn (repeat for several; default: a mix)",
     )
     consolidate.add_argument(
-        "--preset", "--cost", dest="preset", default="pentium4", choices=PRESETS
+        "--preset",
+        "--cost",
+        dest="preset",
+        default="pentium4",
+        choices=PRESETS,
+        help="the cost preset, a CPU generation (default pentium4)",
     )
     consolidate.add_argument(
         "--cycles",
