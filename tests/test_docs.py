@@ -7,7 +7,14 @@ import importlib
 
 import pytest
 
-MODULES = ["vm.machine", "vm.guest.toyos", "vm.interface", "vm.hypervisor.host"]
+MODULES = [
+    "vm.machine",
+    "vm.guest.toyos",
+    "vm.interface",
+    "vm.hypervisor.host",
+    "vm.compare",
+    "vm.consolidate",
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

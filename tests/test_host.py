@@ -58,3 +58,12 @@ def test_a_guest_cannot_reach_outside_its_window():
     assert (ex.reason, ex.vector) == (ExitReason.FAULT, 13)
     assert left.read(0, 65536) == b"\x11" * 65536
     assert right.read(0, 65536) == b"\x22" * 65536
+
+
+def test_every_mode_counts_the_cycles_a_halted_cpu_waits():
+    for mode in vm.MODES:
+        sleeper = vm.boot("sleeper", mode).run().stats
+        assert sleeper["idle_cycles"] > sleeper["cycles"] // 2, mode  # it mostly sleeps
+        busy = vm.boot("syscalls", mode).run().stats
+        assert busy["idle_cycles"] == 0, mode
+        assert sleeper["idle_cycles"] + sleeper["vmm_cycles"] < sleeper["cycles"], mode

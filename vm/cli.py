@@ -1,10 +1,15 @@
 """`python -m vm`: run toyos in any mode, benchmark the core, or take a short tour.
 
 python -m vm run [--workload NAME] [--mode MODE] [--no-patch] [--compare] [--trace N]
-                 [--json] [--log N] [--budget N] [--cost PRESET]
+                 [--json] [--log N] [--budget N] [--preset PRESET]
+python -m vm compare [--workload NAME ...] [--preset PRESET ...] [--json]
+python -m vm consolidate [--guests N] [--mode MODE] [--workload NAME ...] [--preset PRESET]
+                         [--cycles N] [--json]
 python -m vm bench [--json] [--quick]
 python -m vm golden [--check]
 python -m vm demo
+
+(--cost is the old name of --preset, and still works.)
 """
 
 from __future__ import annotations
@@ -63,7 +68,71 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--budget", type=_positive, default=500_000_000)
     from vm.cpu.cost import PRESETS
 
-    run.add_argument("--cost", default="pentium4", choices=sorted(PRESETS))
+    presets_help = "; ".join(f"{p.name}: {p.cpu}" for p in PRESETS.values())
+    run.add_argument(
+        "--preset",
+        "--cost",
+        dest="preset",
+        default="pentium4",
+        choices=PRESETS,
+        help=f"the cost preset, a CPU generation ({presets_help})",
+    )
+
+    compare = commands.add_parser(
+        "compare", help="every workload in every mode under every cost preset, side by side"
+    )
+    compare.add_argument(
+        "--workload",
+        action="append",
+        choices=WORKLOADS,
+        help="a workload to compare (repeat for several; default: every one)",
+    )
+    compare.add_argument(
+        "--preset",
+        "--cost",
+        dest="preset",
+        action="append",
+        choices=PRESETS,
+        help="a cost preset (repeat for several; default: every one)",
+    )
+    compare.add_argument("--json", action="store_true", help="print one JSON object")
+
+    from vm.consolidate import MAX_GUESTS
+
+    consolidate = commands.add_parser(
+        "consolidate", help="many guests (VMs or containers) on one host: its time and memory"
+    )
+    consolidate.add_argument(
+        "--guests",
+        type=_ranged(1, MAX_GUESTS),
+        default=8,
+        metavar="N",
+        help=f"how many guests (tenants) share the host, 1 to {MAX_GUESTS} (default 8)",
+    )
+    consolidate.add_argument(
+        "--mode", choices=MODES, help="one mode, guest by guest (default: every mode, a line each)"
+    )
+    consolidate.add_argument(
+        "--workload",
+        action="append",
+        choices=WORKLOADS,
+        help="the guests' workloads, given in turn (repeat for several; default: a mix)",
+    )
+    consolidate.add_argument(
+        "--preset",
+        "--cost",
+        dest="preset",
+        default="pentium4",
+        choices=PRESETS,
+        help="the cost preset, a CPU generation (default pentium4)",
+    )
+    consolidate.add_argument(
+        "--cycles",
+        type=_positive,
+        metavar="N",
+        help="stop once the guests have worked N cycles (default: run until each is done)",
+    )
+    consolidate.add_argument("--json", action="store_true", help="print one JSON object")
 
     bench = commands.add_parser("bench", help="measure guest MIPS, exits and start-up")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
@@ -81,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return run_command(args)
+        if args.command == "compare":
+            return compare_all_command(args)
+        if args.command == "consolidate":
+            return consolidate_command(args)
         if args.command == "bench":
             from vm.bench import bench_command
 
@@ -110,6 +183,21 @@ def _positive(text: str) -> int:
     return value
 
 
+def _ranged(low: int, high: int):
+    """An argparse type: a whole number from low to high."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, not {value}")
+        return value
+
+    return parse
+
+
 def _count(text: str) -> int:
     try:
         value = int(text, 0)
@@ -125,7 +213,7 @@ def run_command(args: argparse.Namespace) -> int:
     import vm
     from vm.cpu.cost import preset
 
-    cost = preset(args.cost)
+    cost = preset(args.preset)
     if args.compare and (args.trace or args.no_patch or args.log):
         raise ValueError("--compare runs every mode: --trace, --no-patch and --log take one --mode")
     if args.no_patch and args.mode != "trap-emulate":
@@ -236,6 +324,44 @@ def compare_table(workload: str, results: dict) -> str:
     return "\n".join(lines) + "\n\n" + native.console.rstrip("\n")
 
 
+def compare_all_command(args: argparse.Namespace) -> int:
+    """Every workload (or those named) in every mode under every preset (or those named):
+    a table per preset of cycles relative to native and exits, or one JSON object."""
+    from vm.compare import compare
+
+    table = compare(args.workload, presets=args.preset)
+    print(json.dumps(table.as_dict()) if args.json else table.text())
+    if not table.ok:
+        failed = [" ".join(key) for key, run in table.runs.items() if not run.ok]
+        print(f"error: these runs did not shut down cleanly: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def consolidate_command(args: argparse.Namespace) -> int:
+    """N guests on one host, in one mode (a line per guest) or every mode (a line each)."""
+    from vm.consolidate import MIX, consolidate, summary
+
+    modes = [args.mode] if args.mode else list(MODES)
+    runs = [
+        consolidate(args.guests, mode, args.workload, args.preset, host_cycles=args.cycles)
+        for mode in modes
+    ]
+    if args.json:
+        out = runs[0].as_dict() if args.mode else {run.mode: run.as_dict() for run in runs}
+        print(json.dumps(out))
+    elif args.mode:
+        print(runs[0].text())
+    else:
+        mix = ", ".join(args.workload or MIX)
+        print(
+            f"{args.guests} tenants on one host in each mode ({args.preset} preset; "
+            f"workloads in turn: {mix})\n"
+        )
+        print(summary(runs))
+    return 0
+
+
 def trace(guest, steps: int) -> list[str]:
     """Step the guest, one line per step: EIP, the ring the guest believes it is in (and the
     hardware's where that differs), the instruction, and what the VMM did on the way."""
@@ -271,6 +397,7 @@ def stats_table(stats: dict) -> str:
     rows = [
         ("instructions", f"{stats['instructions']:,}"),
         ("cycles", f"{stats['cycles']:,}"),
+        ("idle cycles", f"{stats['idle_cycles']:,}"),
         ("system calls", f"{stats['syscalls']:,}"),
     ]
     if "pv_ops" in stats:

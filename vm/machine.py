@@ -351,6 +351,7 @@ class Machine:
             "vectors": counts,
             "page_walks": int(st[S.STAT_PAGE_WALKS]),
             "tlb_flushes": int(st[S.STAT_TLB_FLUSHES]),
+            "idle_cycles": int(st[S.STAT_IDLE_CYCLES]),  # a HLT waiting for the timer
         }
 
     def flush_tlb(self) -> None:

@@ -149,6 +149,7 @@ from vm.cpu.state import (
     SCRATCH_SIZE,
     SKIP_BREAKPOINT,
     SOFT_INT_EXITS,
+    STAT_IDLE_CYCLES,
     STAT_INTERRUPTS,
     STAT_PAGE_WALKS,
     STATE_SIZE,
@@ -981,7 +982,9 @@ def run(state, mem, budget):
             elif irq_pending:
                 pass  # an interrupt is waiting: it is taken before the next instruction
             elif timer_period > 0:
-                cycles = max(cycles, tick_at)  # idle until the next timer tick
+                if tick_at > cycles:  # idle until the next timer tick
+                    state[STAT_IDLE_CYCLES] += tick_at - cycles
+                    cycles = tick_at
             else:
                 reason = EXIT_HALT
         elif handler == H_CLI_STI:  # FA  CLI;  FB  STI  (CPL <= IOPL)

@@ -97,6 +97,7 @@ EXIT_INSTRUCTION_LENGTH = 63  # FAULT, SOFTWARE_INTERRUPT, IO, ...: bytes of the
 # so one gate can exit to the VMM while another goes straight to the guest kernel.
 SOFT_INT_EXITS = 64
 SOFT_INT_EXITS_SIZE = 8
+STAT_IDLE_CYCLES = 72  # cycles a HLT waited for the next timer tick (the CPU was idle)
 
 # Slot ranges after the registers: breakpoint addresses, then the cost table
 # (simulated cycles per form slot, see vm.isa.opcode_cost_table).
@@ -194,7 +195,7 @@ SLOT_LAYOUT = (
     ("STAT_PAGE_WALKS", 1), ("STAT_TLB_FLUSHES", 1), ("STAT_INTERRUPTS", 1),
     ("DS", 1), ("ES", 1), ("FS", 1), ("GS", 1),
     ("FRAME", FRAME_SIZE), ("EXIT_INSTRUCTION_LENGTH", 1),
-    ("SOFT_INT_EXITS", SOFT_INT_EXITS_SIZE),
+    ("SOFT_INT_EXITS", SOFT_INT_EXITS_SIZE), ("STAT_IDLE_CYCLES", 1),
     ("BREAKPOINTS", MAX_BREAKPOINTS), ("COST_TABLE", COST_TABLE_SIZE),
     ("VECTOR_COUNTS", 256), ("TLB_TAGS", TLB_ENTRIES), ("TLB_VALUES", TLB_ENTRIES),
 )  # fmt: skip

@@ -65,30 +65,44 @@ class Host:
 
 
 def run_side_by_side(
-    guests: list, slice_budget: int = SLICE, budget: int = HOST_BUDGET, max_exits: int = HOST_EXITS
+    guests: list,
+    slice_budget: int = SLICE,
+    budget: int = HOST_BUDGET,
+    max_exits: int = HOST_EXITS,
+    host_cycles: int | None = None,
 ) -> list:
     """Schedule guests round robin, a slice each (instructions and exits), until each stops
-    or has used ``budget`` instructions or ``max_exits`` exits.
+    or has used ``budget`` instructions or ``max_exits`` exits, or (with ``host_cycles``)
+    until the guests together have worked that many cycles (their cycles less those they
+    spent idle: the host runs someone else while a guest waits).
 
     Returns each guest's last result, in order. A guest sees only its own time (its
     cycles), so where the slices fall never changes what it computes or prints.
     """
-    for name, value in (
-        ("slice_budget", slice_budget),
-        ("budget", budget),
-        ("max_exits", max_exits),
-    ):
+    limits = [("slice_budget", slice_budget), ("budget", budget), ("max_exits", max_exits)]
+    if host_cycles is not None:
+        limits.append(("host_cycles", host_cycles))
+    for name, value in limits:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, not {value!r}")
-    results = [None] * len(guests)
-    start = [(guest.instructions, guest.exits_taken) for guest in guests]
+    results: list = [None] * len(guests)
+    last: list = [None] * len(guests)
+    start = [(guest.instructions, guest.exits_taken, _busy(guest)) for guest in guests]
     while any(r is None for r in results):
         for i, guest in enumerate(guests):
             if results[i] is not None:
                 continue
-            result = guest.run(slice_budget)
+            result = last[i] = guest.run(slice_budget)
             used = guest.instructions - start[i][0]
             exits = guest.exits_taken - start[i][1]
             if result.status != "budget" or used >= budget or exits >= max_exits:
                 results[i] = result
+        worked = sum(_busy(guest) - begun[2] for guest, begun in zip(guests, start, strict=True))
+        if host_cycles is not None and worked >= host_cycles:  # (after a whole round)
+            return [r if r is not None else last[i] for i, r in enumerate(results)]
     return results
+
+
+def _busy(guest) -> int:
+    """Cycles a guest has worked (its own and its VMM's), not counting those it idled."""
+    return guest.cycles - guest.stats["idle_cycles"]

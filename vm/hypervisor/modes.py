@@ -29,6 +29,10 @@ class Mode:
     make: Callable[..., VM]  # (machine, ram_size, cost, name, kernel_text, **options) -> VM
     options: frozenset[str] = frozenset()  # the keyword options the mode takes
     kernel: str = "native"  # the toyos build it runs unless told otherwise (KERNELS)
+    # The vm.boot option through which one guest holds several tenants (containers on one
+    # kernel), given a tuple of workloads, one a tenant; None: a guest is one tenant (a VM).
+    # vm.consolidate puts N tenants in one guest through it.
+    tenants: str | None = None
 
 
 def _native(machine: Machine, ram_size: int, cost: CostModel, name: str, kernel_text, **_):

@@ -127,6 +127,7 @@ class Accounting:
     callouts: int = 0  # binary-translation callouts (not exits)
     lost_ticks: int = 0  # timer ticks that merged with one still waiting
     vmm_cycles: int = 0  # simulated cycles charged by the VMM
+    idle_cycles: int = 0  # cycles a halted vCPU waited for its next tick
     core_exits: int = 0  # every time the core returned for something (what budgets count)
 
     @property
@@ -453,7 +454,9 @@ class VM:
             cpu.cycles += cost
             self.acct.vmm_cycles += cost
         if self.idle_until >= 0:
-            cpu.cycles = max(cpu.cycles, self.idle_until)
+            if self.idle_until > cpu.cycles:
+                self.acct.idle_cycles += self.idle_until - cpu.cycles
+                cpu.cycles = self.idle_until
             self.idle_until = -1
         if self.arm_timer:
             self.start_timer(self.arm_timer)
@@ -525,6 +528,7 @@ class VM:
             "instructions": machine["instructions"],
             "cycles": machine["cycles"],
             "vmm_cycles": acct.vmm_cycles,
+            "idle_cycles": machine["idle_cycles"] + acct.idle_cycles,  # halted, waiting
             "exits": sum(acct.exits.values()),
             "exits_by_reason": dict(sorted(acct.exits.items())),
             "emulated": dict(sorted(acct.emulated.items())),
