@@ -314,7 +314,7 @@ def test_cli_kernel_picks_the_build_and_the_pv_ops_one_says_which_path_it_took()
     out = vm_command("run", "--workload", "io", "--mode", "paravirt", "--kernel", "pvops")
     assert out.returncode == 0, out.stderr
     assert "io: line 40" in out.stdout and "pv_ops path" in out.stdout
-    assert "paravirtual (41 call sites patched" in out.stdout
+    assert "paravirtual (44 call sites patched" in out.stdout
     out = vm_command("run", "--workload", "io", "--kernel", "pvops", "--compare", "--json")
     report = json.loads(out.stdout)
     assert (

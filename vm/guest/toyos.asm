@@ -16,7 +16,7 @@
 ; System calls: EAX = number, arguments in EBX, ECX; the result comes back in EAX.
 ;   0 exit(code)   1 write(buffer, length)   2 getpid()   3 yield()   4 sleep(ticks)
 ;   5 spawn(program, argument) -> pid   6 wait(pid) -> exit code
-;   7 map(address) -> 0 or -1   8 unmap(address) -> 0 or -1
+;   7 map(address, pages) -> 0 or -1   8 unmap(address, pages) -> 0 or -1 (1 to 8 pages)
 ;
 ; One source, three builds: every privileged thing the kernel does is an "op" of the
 ; hardware interface below, with a native body (the instructions) and a paravirtual one
@@ -46,6 +46,7 @@ FIRST_FRAME     equ 0x100000
 USER_BASE       equ 0x400000
 USER_END        equ 0x800000
 USER_STACK_PAGE equ 0x7ff000
+MAP_MAX_PAGES   equ 8                ; the most pages one map() or unmap() takes
 
 KERNEL_CODE     equ 0x08
 KERNEL_DATA     equ 0x10
@@ -438,9 +439,8 @@ VCPU_CR2                  equ 8         ; dword: the address of the last page fa
 %macro native_set_user_pte 0
     mov [edi], eax
 %endmacro
-%macro pv_set_user_pte 0                ; (its physical address: the kernel is mapped 1:1)
-    call pv_queue_mmu
-    call pv_flush
+%macro pv_set_user_pte 0                ; (its physical address: the kernel is mapped 1:1;
+    call pv_queue_mmu                   ; queued until leave_lazy_mmu)
 %endmacro
 
 ; clear_user_pte: clear the page-table entry at EDI, which mapped the page at EBX
@@ -448,8 +448,17 @@ VCPU_CR2                  equ 8         ; dword: the address of the last page fa
     mov dword [edi], 0
     invlpg [ebx]
 %endmacro
-%macro pv_clear_user_pte 0
+%macro pv_clear_user_pte 0              ; (queued until leave_lazy_mmu)
     call pv_clear_pte
+%endmacro
+
+; leave_lazy_mmu: the page-table updates of one system call are done; before the process
+; runs again they must have taken effect (Linux's arch_leave_lazy_mmu_mode: under Xen it
+; sends the queued updates of a whole range in one multicall)
+%macro native_leave_lazy_mmu 0          ; (nothing: each update took effect when written)
+%endmacro
+%macro pv_leave_lazy_mmu 0
+    call pv_flush
 %endmacro
 
 ; new_address_space: the process at ESI has its page directory and user table built
@@ -863,41 +872,96 @@ sys_wait:
     mov dword [ebp+F_EAX], -1
     jmp return_to_process
 
-sys_map:
-    mov eax, [ebp+F_EBX]
-    call user_pte                   ; EDI = the PTE's address, or 0
+sys_map:                            ; map(EBX = address, ECX = pages): fresh zeroed pages
+    call user_range                 ; EDI = the first page's PTE, ECX = pages, or EDI = 0
     test edi, edi
     jz .bad
+    push ecx
+    push edi
+.free:                              ; every page of the range must be unmapped
     test dword [edi], PTE_PRESENT
-    jnz .bad
+    jnz .taken
+    add edi, 4
+    loop .free
+    pop edi
+    pop ecx
+.map:
     call alloc_frame
     test eax, eax
-    jz .bad
+    jz .full                        ; (the pages mapped so far stay mapped)
     or eax, PTE_PRESENT | PTE_WRITE | PTE_USER
     op set_user_pte
+    add edi, 4
+    loop .map
+    op leave_lazy_mmu
     mov dword [ebp+F_EAX], 0
     jmp return_to_process
+.taken:
+    pop edi
+    pop ecx
+    jmp .bad
+.full:
+    op leave_lazy_mmu
 .bad:
     mov dword [ebp+F_EAX], -1
     jmp return_to_process
 
-sys_unmap:
-    mov eax, [ebp+F_EBX]
-    call user_pte
+sys_unmap:                          ; unmap(EBX = address, ECX = pages): all must be mapped
+    call user_range
     test edi, edi
     jz .bad
+    push ecx
+    push edi
+.mapped:
+    test dword [edi], PTE_PRESENT
+    jz .hole
+    add edi, 4
+    loop .mapped
+    pop edi
+    pop ecx
     mov ebx, [ebp+F_EBX]            ; (the page, for clear_user_pte)
+.unmap:
     mov eax, [edi]
-    test eax, PTE_PRESENT
-    jz .bad
     op clear_user_pte               ; the PTE at EDI, and the TLB's entry for EBX
     and eax, 0xfffff000
+    push ecx
     call free_frame
+    pop ecx
+    add edi, 4
+    add ebx, 0x1000
+    loop .unmap
+    op leave_lazy_mmu
     mov dword [ebp+F_EAX], 0
     jmp return_to_process
+.hole:
+    pop edi
+    pop ecx
 .bad:
     mov dword [ebp+F_EAX], -1
     jmp return_to_process
+
+; user_range: the frame's EBX = a page-aligned user address, ECX = a count of pages from
+; 1 to MAP_MAX_PAGES, all above the image and below the stack -> EDI = the address of the
+; first page's PTE in the current process's page table and ECX = the count; or EDI = 0.
+user_range:
+    xor edi, edi
+    mov ecx, [ebp+F_ECX]
+    test ecx, ecx
+    jz .done
+    cmp ecx, MAP_MAX_PAGES
+    ja .done
+    mov eax, ecx                    ; the last page must be a user page too
+    dec eax
+    shl eax, 12
+    add eax, [ebp+F_EBX]
+    jc .done
+    call user_pte
+    test edi, edi
+    jz .done
+    mov eax, [ebp+F_EBX]
+    call user_pte
+.done:
+    ret
 
 ; user_pte: EAX = a page-aligned user address above the image, below the stack ->
 ; EDI = the address of its PTE in the current process's page table, or 0.
@@ -1393,7 +1457,6 @@ pv_clear_pte:                       ; EDI = a PTE to clear, EBX = the page it ma
     mov eax, MMUEXT_INVLPG_LOCAL
     mov edx, ebx
     call pv_queue_mmuext
-    call pv_flush
     pop edx
     pop eax
     ret
@@ -1548,6 +1611,7 @@ pv_%1_op:
     op_functions load_cr3
     op_functions set_user_pte
     op_functions clear_user_pte
+    op_functions leave_lazy_mmu
     op_functions new_address_space
     op_functions release_address_space
     op_functions read_fault_address

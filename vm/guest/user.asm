@@ -143,24 +143,28 @@ child:
     sys SYS_GETPID                  ; a child does a little work, then exits
     sys SYS_EXIT                    ; with its argument (EBX) as its exit code
 
-; ---- pagetable: map, touch and unmap pages (ptemod) ----------------------------------------
+; ---- pagetable: map, touch and unmap ranges of pages (ptemod) ---------------------------
+; Each round maps a range of pages, writes and reads each one, and unmaps the range: one
+; system call updates several page-table entries, as munmap or mprotect of a range does.
+MAP_PAGES   equ 4
 pagetable:
     mov edi, 50
     xor ebp, ebp
 .loop:
     mov ebx, MAP_BASE
+    mov ecx, MAP_PAGES
     sys SYS_MAP
     test eax, eax
     jnz .failed
-    mov dword [MAP_BASE], 0x1234        ; a fresh page is zero; write it, read it back
-    mov eax, [MAP_BASE]
-    add ebp, eax
-    mov ebx, MAP_BASE + 0x1000
-    sys SYS_MAP
-    mov dword [MAP_BASE + 0x1000], 1
-    mov ebx, MAP_BASE + 0x1000
-    sys SYS_UNMAP
+    mov esi, MAP_BASE
+    mov ecx, MAP_PAGES
+.touch:                                 ; a fresh page is zero; write it, read it back
+    add dword [esi], 0x1234
+    add ebp, [esi]
+    add esi, 0x1000
+    loop .touch
     mov ebx, MAP_BASE
+    mov ecx, MAP_PAGES
     sys SYS_UNMAP
     test eax, eax
     jnz .failed
@@ -302,7 +306,7 @@ msg_compute:        db "compute: checksum ", 0
 msg_syscalls:       db "syscalls: 2000 getpid calls", 10, 0
 msg_spawn:          db "spawn: 20 children, exit codes sum to ", 0
 msg_spawn_failed:   db "spawn: could not create a process", 10, 0
-msg_pagetable:      db "pagetable: 50 map/unmap rounds, sum ", 0
+msg_pagetable:      db "pagetable: 50 rounds of 4 pages mapped and unmapped, sum ", 0
 msg_map_failed:     db "pagetable: map failed", 10, 0
 msg_io:             db "io: line ", 0
 msg_faulty:         db "faulty: touching kernel memory", 10, 0
