@@ -355,7 +355,8 @@ class Guest:
         streams = getattr(board, "streams", None)
         if streams is None:
             return {0: board.console.text}
-        return {i: board.stream_text(i) for i in sorted({0, *streams})}
+        ids = {0, *streams, *(n.id for n in self.namespaces())}
+        return {i: board.stream_text(i) for i in sorted(ids)}
 
     @property
     def containers(self):

@@ -141,7 +141,7 @@ CONTROL_PENDING equ 0xf2                ; IN: how many requests wait
 STREAM_PORT     equ 0xea                ; OUT: whose console the next bytes are (0: ours)
 RECORD_REPLY    equ 1
 RECORD_REPORT   equ 2
-MAX_REQUESTS    equ 16                  ; served at one poll
+MAX_REQUESTS    equ 32                  ; served at one poll
 %else
 %define PROCS_END procs + P_SIZE * MAX_PROCS
 %define PROC_SLOTS MAX_PROCS
