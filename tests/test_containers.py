@@ -282,3 +282,34 @@ def test_the_same_without_the_jit():
     guest, result = run_containers("syscalls", "sleeper", "hostname")
     assert [cycles, instructions] == [result.stats["cycles"], result.stats["instructions"]]
     assert consoles == {str(k): v for k, v in guest.consoles.items()}
+
+
+# ---- the command line ----------------------------------------------------------------------------
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "vm", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_the_command_line_runs_containers_and_says_what_is_wrong():
+    out = cli("run", "--mode", "containers", "--container", "hostname:hostname=alpha",
+              "--container", "hog:memory=30,weight=2", "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["stats"]["exits"] == 0
+    assert report["consoles"]["1"].startswith("hostname: alpha\n")
+    assert [c["memory_limit"] for c in report["containers"]] == [0, 30]
+    out = cli("run", "--mode", "containers", "--containers", "2", "--workload", "io")
+    assert out.returncode == 0 and out.stdout.count("io: line 40") == 2
+    for args, message in [
+        (["--mode", "native", "--containers", "2"], "are for --mode containers"),
+        (["--mode", "containers", "--container", "io:cpu=2"], "'cpu=2' is not weight=W"),
+        (["--mode", "containers", "--container", "nope"], "'nope' is no program"),
+        (["--mode", "containers", "--kernel", "pvops"], "refused: containers share"),
+    ]:
+        out = cli("run", *args)
+        assert out.returncode == 2 and message in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
