@@ -157,6 +157,22 @@ def container_specs(containers: object) -> tuple[ContainerSpec, ...]:
     return specs
 
 
+def _name_words(name: str) -> list[int]:
+    """A host name as the hostname request carries it: its length, then 8 dwords."""
+    raw = name.encode("ascii").ljust(HOSTNAME_MAX, b"\0")
+    return [len(name)] + [int.from_bytes(raw[i : i + 4], "little") for i in range(0, 32, 4)]
+
+
+def submit(control, spec: ContainerSpec, cid: int) -> None:
+    """Queue create, hostname and start for a container on a control device (answered at
+    the kernel's next poll: the containers vm.boot is given wait there as the kernel boots)."""
+    spec = container_spec(spec)
+    cid = _whole("cid", cid, 1, MAX_CONTAINERS)
+    control.post(CREATE, cid, spec.weight, spec.memory_limit)
+    control.post(HOSTNAME, cid, *_name_words(spec.hostname or f"ct{cid}"))
+    control.post(START, cid, PROGRAMS[spec.workload])
+
+
 class ContainerRuntime:
     """Create, start, stop, list and exec in the containers of one kernel (a guest booted
     in the "containers" mode), through the kernel's control device."""
@@ -171,16 +187,6 @@ class ContainerRuntime:
         return self.guest.vm.board.control  # (the board a restore put back, not a stale one)
 
     # ---- requests ----------------------------------------------------------------------------
-    def submit(self, spec: ContainerSpec, cid: int) -> None:
-        """Queue create, hostname and start for a container (answered at the kernel's next
-        poll; vm.boot uses it, before the kernel has run)."""
-        spec = container_spec(spec)
-        cid = _whole("cid", cid, 1, MAX_CONTAINERS)
-        control = self._control
-        control.post(CREATE, cid, spec.weight, spec.memory_limit)
-        control.post(HOSTNAME, cid, *self._name_words(spec.hostname or f"ct{cid}"))
-        control.post(START, cid, PROGRAMS[spec.workload])
-
     def create(
         self,
         cid: int | None = None,
@@ -210,7 +216,7 @@ class ContainerRuntime:
         name = _hostname("hostname", f"ct{cid}" if hostname is None else hostname)
         if self._ask(CREATE, cid, weight, memory_limit)[0] != 0:
             raise ValueError(f"cid {cid} refused: the kernel has a container {cid} already")
-        self._ask(HOSTNAME, cid, *self._name_words(name))
+        self._ask(HOSTNAME, cid, *_name_words(name))
         return cid
 
     def start(self, cid: int, workload: str) -> int:
@@ -269,11 +275,6 @@ class ContainerRuntime:
         return [ContainerStats.from_record(r.words, r.cycle) for r in self._control.reports]
 
     # ---- helpers ---------------------------------------------------------------------------------
-    @staticmethod
-    def _name_words(name: str) -> list[int]:
-        raw = name.encode("ascii").ljust(HOSTNAME_MAX, b"\0")
-        return [len(name)] + [int.from_bytes(raw[i : i + 4], "little") for i in range(0, 32, 4)]
-
     @staticmethod
     def _cid(cid: object) -> int:
         return _whole("cid", cid, 1, MAX_CONTAINERS)

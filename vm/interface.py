@@ -25,7 +25,7 @@ from vm.cpu.cost import DEFAULT, CostModel, preset
 from vm.guest.toyos import SYSCALL_VECTOR, WORKLOADS, install, kernel_text
 from vm.hypervisor.events import Event, EventLog
 from vm.hypervisor.host import Host
-from vm.hypervisor.modes import MODES, kernel_defines
+from vm.hypervisor.modes import KERNELS, MODES, kernel_defines
 from vm.hypervisor.modes import mode as mode_spec
 from vm.hypervisor.vmm import DEFAULT_BUDGET, VM, Until, VMResult, VMSnapshot
 from vm.isa import REG32_NAMES
@@ -75,19 +75,15 @@ def boot(
         raise ValueError(f"cost must be a CostModel (vm.cpu.cost.PRESETS), not {cost!r}")
     build = kernel or spec.kernel
     kernel_defines(build)  # (a clear error for a kernel there is not)
-    tenants = None
-    if spec.tenants is not None:
+    if spec.tenants is not None:  # (several tenants on the mode's one kernel)
         if build != spec.kernel:
             raise ValueError(
                 f"kernel {build!r} refused: {mode} share the host's one kernel (toyos built "
-                f"with CONTAINERS), so none of them can boot a kernel of its own; a VM can "
-                f"(mode='native' or 'paravirt', kernel={build!r})"
+                f"with {', '.join(KERNELS[spec.kernel]) or 'no define'}), so none of them can "
+                f"boot a kernel of its own; a VM can (mode='native' or 'paravirt', "
+                f"kernel={build!r})"
             )
-        from vm.containers import container_specs
-
-        given = options.pop(spec.tenants, None)
-        tenants = container_specs((workload,) if given is None else given)
-        workload = "+".join(t.workload for t in tenants)  # (its name: what its tenants run)
+        options.setdefault(spec.tenants, (workload,))
     elif build == "containers":
         raise ValueError(
             "kernel 'containers' runs only in mode='containers': it takes its containers "
@@ -96,12 +92,10 @@ def boot(
     size = GUEST_RAM + spec.vmm_area
     machine = host.new_machine(size, cost) if host is not None else Machine(size, cost)
     defines = kernel_defines(build, bool(options.get("batch", True)))
-    booted = "init" if tenants else workload  # (the containers kernel starts no workload)
-    kernel_program, user = install(machine, booted, GUEST_RAM, defines=defines)
+    kernel_program, user = install(machine, workload, GUEST_RAM, defines=defines)
     vm = spec.make(machine, GUEST_RAM, cost, name, kernel_text(kernel_program), **options)
+    workload = getattr(vm, "tenants_workload", workload)  # (what its tenants run, if any)
     guest = Guest(vm, workload, kernel_program.symbols, user.symbols, build)
-    for cid, tenant in enumerate(tenants or (), start=1):
-        guest.containers.submit(tenant, cid)  # (the kernel takes them as it boots)
     if host is not None:
         host.guests.append(guest)
     return guest

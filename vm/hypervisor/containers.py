@@ -161,9 +161,19 @@ class ContainersVM(BareMetalVM):
     mode = "containers"
     ring_roles = ((0, "the one shared kernel"), (3, "every container's processes"))
 
-    def __init__(self, machine: Machine, cost: CostModel = DEFAULT, name: str = "vm") -> None:
+    def __init__(
+        self, machine: Machine, cost: CostModel = DEFAULT, name: str = "vm", containers=()
+    ) -> None:
+        """``containers``: what vm.containers.container_specs takes; their create, hostname
+        and start requests wait for the kernel, which takes them as it boots."""
+        from vm.containers import container_specs, submit
+
+        tenants = container_specs(containers)
         super().__init__(machine, cost, name)
         self.board = ContainerBoard(self.clock)
+        for cid, spec in enumerate(tenants, start=1):
+            submit(self.board.control, spec, cid)
+        self.tenants_workload = "+".join(spec.workload for spec in tenants)
 
     def clock(self) -> int:
         return self.cpu.cycles

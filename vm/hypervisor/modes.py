@@ -52,8 +52,8 @@ def _paravirt(machine: Machine, ram_size: int, cost: CostModel, name: str, text,
     return ParavirtVM(machine, ram_size, cost, name)
 
 
-def _containers(machine: Machine, ram_size: int, cost: CostModel, name: str, text, **_):
-    return ContainersVM(machine, cost, name)  # (vm.boot queues the containers' requests)
+def _containers(machine: Machine, ram_size: int, cost: CostModel, name: str, text, **o):
+    return ContainersVM(machine, cost, name, o["containers"])
 
 
 # The toyos builds, by name: the %defines each is assembled with.
