@@ -313,3 +313,25 @@ def test_the_command_line_runs_containers_and_says_what_is_wrong():
         out = cli("run", *args)
         assert out.returncode == 2 and message in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
+
+
+# ---- the views -----------------------------------------------------------------------------------
+
+
+def test_the_process_tree_view_shows_each_namespace_over_one_kernel_and_changes_nothing():
+    widgets = pytest.importorskip("widgets")
+    guest = vm.boot(
+        mode="containers",
+        containers=[{"workload": "spawn", "hostname": "alpha"}, {"workload": "io", "weight": 2}],
+    )
+    guest.run(30_000)
+    before = (guest.position, guest.consoles, guest.namespaces())
+    html = widgets.ProcessTreeView(guest).trees.value
+    assert (guest.position, guest.consoles, guest.namespaces()) == before
+    assert "container 1 &middot; alpha" in html and "container 2 &middot; ct2" in html
+    assert "weight 2" in html and "containers build" in html
+    for namespace in guest.namespaces():
+        for process in namespace.processes:
+            assert f"pid {process.pid} ({process.state}; kernel pid {process.host_pid})" in html
+    native = widgets.ProcessTreeView(vm.boot("spawn")).trees.value
+    assert "the machine's one namespace" in native
