@@ -184,6 +184,25 @@ def test_cpu_weights_share_the_cpu_within_10_percent_of_their_ratio(weights):
     assert abs(ticks / ratio - 1) <= 0.10, ticks
 
 
+def test_more_processes_do_not_get_a_container_more_than_its_weight():
+    """Container 1 runs three compute processes, container 2 one, both of weight 1: the
+    scheduler shares the CPU by container, so container 2 still gets half of it (finishing
+    at twice its time alone), not a quarter."""
+    alone = vm.boot(mode="containers", containers=["compute"])
+    alone.run()
+    work = alone.containers.reports[0].cycle
+    guest = vm.boot(mode="containers", containers=["compute", "compute"])
+    rt = guest.containers
+    pids = [rt.exec(1, "compute"), rt.exec(1, "compute")]
+    assert len(set(pids)) == 2 and 1 not in pids  # (pids of container 1's namespace)
+    while not rt.reports:
+        guest.run(200_000)
+    second = rt.reports[0]
+    assert second.id == 2 and second.exit_code == 0
+    assert abs(second.cycle / (2 * work) - 1) <= 0.10, second.cycle / work
+    assert abs(rt.stats(1).ticks / second.ticks - 1) <= 0.10
+
+
 # ---- the runtime ---------------------------------------------------------------------------------
 
 
