@@ -24,12 +24,17 @@ def test_a_comparison_runs_every_mode_there_is_under_each_preset():
                 run = table.run(p, w, mode)
                 assert run.cycles == vm.boot(w, mode, cost=p).run().stats["cycles"]
                 assert run.vs_native == run.cycles / native.cycles
-    # bare metal costs the same under every preset; exits are cheaper on Haswell
+    # bare metal costs the same under every preset (so do containers, which take no exits
+    # there); exits are cheaper on Haswell
     assert (
         table.run("pentium4", "io", "native").cycles == table.run("haswell", "io", "native").cycles
     )
     for mode in vm.MODES[1:]:
-        assert table.run("haswell", "io", mode).cycles < table.run("pentium4", "io", mode).cycles
+        haswell, pentium4 = (table.run(p, "io", mode) for p in ("haswell", "pentium4"))
+        if pentium4.exits:
+            assert haswell.cycles < pentium4.cycles, mode
+        else:
+            assert haswell.cycles == pentium4.cycles and mode == "containers", mode
 
 
 def test_the_pentium4_comparison_is_the_golden_files():

@@ -18,7 +18,10 @@ from vm.interface import GUEST_RAM
 FRAMES = GUEST_RAM // 4096
 
 
-@pytest.mark.parametrize("mode", vm.MODES)
+VM_MODES = [m for m in vm.MODES if modes.mode(m).tenants is None]  # (a guest per tenant)
+
+
+@pytest.mark.parametrize("mode", VM_MODES)
 def test_each_guest_on_a_shared_host_runs_as_it_runs_alone(mode):
     run = consolidate(3, mode, ["syscalls", "spawn", "io"])
     assert run.done and len(run.guests) == 3 and run.tenants == 3
@@ -35,6 +38,19 @@ def test_each_guest_on_a_shared_host_runs_as_it_runs_alone(mode):
     assert (u["vmm"] == 0) == (mode == "native")
     assert run.host_cycles == run.work + run.vmm_work  # nobody idles: the host never does
     assert run.reserved_per_tenant == GUEST_RAM + vmm_area
+
+
+def test_containers_share_one_guest_and_each_runs_as_it_runs_alone():
+    run = consolidate(3, "containers", ["syscalls", "spawn", "io"])
+    assert run.done and len(run.guests) == 1 and run.tenants == 3
+    (guest,) = run.guests
+    assert (guest.status, guest.workload, guest.tenants) == ("shutdown", "syscalls+spawn+io", 3)
+    assert guest.vmm_cycles == 0 and run.utilisation["vmm"] == 0
+    assert guest.reserved == guest.ram == GUEST_RAM and guest.vmm_frames_used == 0
+    assert run.reserved_per_tenant == GUEST_RAM / 3
+    # the one kernel and its containers run on the host as they run alone
+    alone = vm.boot(mode="containers", containers=["syscalls", "spawn", "io"]).run().stats
+    assert (guest.instructions, guest.cycles) == (alone["instructions"], alone["cycles"])
 
 
 def test_a_lone_sleeper_leaves_the_host_idle_and_neighbours_fill_that_time():

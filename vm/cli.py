@@ -2,6 +2,7 @@
 
 python -m vm run [--workload NAME] [--mode MODE] [--no-patch] [--compare] [--trace N]
                  [--json] [--log N] [--budget N] [--preset PRESET]
+                 [--containers N | --container WORKLOAD[:weight=W,memory=PAGES,hostname=H] ...]
 python -m vm compare [--workload NAME ...] [--preset PRESET ...] [--json]
 python -m vm consolidate [--guests N] [--mode MODE] [--workload NAME ...] [--preset PRESET]
                          [--cycles N] [--json]
@@ -54,6 +55,19 @@ def main(argv: list[str] | None = None) -> int:
         "--no-batch",
         action="store_true",
         help="paravirt: one hypercall per page-table update, no multicalls (to compare)",
+    )
+    run.add_argument(
+        "--containers",
+        type=_ranged(1, 16),
+        metavar="N",
+        help="containers mode: N containers, each running --workload",
+    )
+    run.add_argument(
+        "--container",
+        action="append",
+        metavar="SPEC",
+        help="containers mode: one container, WORKLOAD[:weight=W,memory=PAGES,hostname=H] "
+        "(repeat for several)",
     )
     run.add_argument(
         "--no-patch",
@@ -220,11 +234,19 @@ def run_command(args: argparse.Namespace) -> int:
         raise ValueError("--no-patch is for --mode trap-emulate")
     if args.no_batch and (args.compare or args.mode != "paravirt"):
         raise ValueError("--no-batch is for --mode paravirt (--compare shows both)")
+    if (args.containers or args.container) and (args.compare or args.mode != "containers"):
+        raise ValueError("--containers and --container are for --mode containers")
+    if args.containers and args.container:
+        raise ValueError("give --containers N or --container SPEC ..., not both")
     if args.compare:
         return compare_command(args, cost)
     options: dict[str, object] = {"patch": False} if args.no_patch else {}
     if args.no_batch:
         options["batch"] = False
+    if args.containers:
+        options["containers"] = [args.workload] * args.containers
+    elif args.container:
+        options["containers"] = [container_option(text) for text in args.container]
     guest = vm.boot(args.workload, args.mode, cost=cost, kernel=args.kernel, **options)
     steps = trace(guest, args.trace) if args.trace else []
     if not args.json:
@@ -245,10 +267,15 @@ def run_command(args: argparse.Namespace) -> int:
             out["trace"] = steps
         if args.log:
             out["log"] = [event._asdict() for event in list(guest.events)[-args.log :]]
+        if args.mode == "containers":
+            out["containers"] = [c.__dict__ for c in guest.containers.list()]
+            out["consoles"] = {str(k): v for k, v in guest.consoles.items()}
         print(json.dumps(out))
     else:
         print(result.console, end="" if result.console.endswith("\n") else "\n")
         print(stats_table(result.stats))
+        if args.mode == "containers":
+            print("\n" + containers_table(guest.containers.list()))
         if args.log:
             print(f"\nthe last {args.log} events (seq, cycle, EIP, ring, kind, action, cost):")
             print(guest.events.tail(args.log))
@@ -266,7 +293,11 @@ def compare_command(args: argparse.Namespace, cost) -> int:
     """One workload in every mode: a table side by side, or one JSON object keyed by mode."""
     import vm
 
-    runs = [(mode, mode, {}) for mode in MODES]
+    # (a mode of containers shares its own kernel: another --kernel is not for it)
+    shared = {
+        m.name for m in MODE_TABLE.values() if m.tenants and args.kernel not in (None, m.kernel)
+    }
+    runs = [(mode, mode, {}) for mode in MODES if mode not in shared]
     if (args.kernel or "paravirt") == "paravirt":  # (batching's effect, shown beside it)
         runs.append(("paravirt unbatched", "paravirt", {"batch": False}))
     results = {
@@ -362,6 +393,42 @@ def consolidate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def container_option(text: str) -> dict[str, object]:
+    """--container's WORKLOAD[:weight=W,memory=PAGES,hostname=H] as vm.boot takes it."""
+    workload, _, rest = text.partition(":")
+    spec: dict[str, object] = {"workload": workload}
+    names = {"weight": "weight", "memory": "memory_limit", "hostname": "hostname"}
+    for item in filter(None, rest.split(",")):
+        key, equals, value = item.partition("=")
+        if key not in names or not equals:
+            raise ValueError(
+                f"--container {text!r}: {item!r} is not weight=W, memory=PAGES or hostname=H"
+            )
+        if key == "hostname":
+            spec["hostname"] = value
+            continue
+        try:
+            spec[names[key]] = int(value, 0)
+        except ValueError:
+            raise ValueError(f"--container {text!r}: {key} must be a number") from None
+    return spec
+
+
+def containers_table(containers: list) -> str:
+    """A line per container: its id, host name, state, exit code, limits and use."""
+    rows = [["id", "hostname", "state", "exit", "weight", "ticks", "memory limit", "refused"]]
+    for c in containers:
+        limit = f"{c.memory_limit:,} pages" if c.memory_limit else "none"
+        rows.append(
+            [
+                str(c.id), c.hostname, c.state, str(c.exit_code), str(c.weight), f"{c.ticks:,}",
+                limit, f"{c.refused:,}",
+            ]
+        )  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
+
+
 def trace(guest, steps: int) -> list[str]:
     """Step the guest, one line per step: EIP, the ring the guest believes it is in (and the
     hardware's where that differs), the instruction, and what the VMM did on the way."""
@@ -402,7 +469,9 @@ def stats_table(stats: dict) -> str:
     ]
     if "pv_ops" in stats:
         rows.append(("pv_ops path", stats["pv_ops"]))
-    if stats.get("mode", "native") == "native":
+    if stats.get("mode", "native") in ("native", "containers"):  # (no VMM: no exits)
+        if stats.get("mode") == "containers":
+            rows.append(("exits", "0 (containers share the kernel on bare metal: no VMM)"))
         rows += [
             ("interrupts", f"{stats['interrupts']:,}"),
             ("page walks", f"{stats['page_walks']:,}"),

@@ -25,7 +25,7 @@ from vm.cpu.cost import DEFAULT, CostModel, preset
 from vm.guest.toyos import SYSCALL_VECTOR, WORKLOADS, install, kernel_text
 from vm.hypervisor.events import Event, EventLog
 from vm.hypervisor.host import Host
-from vm.hypervisor.modes import MODES, kernel_defines
+from vm.hypervisor.modes import KERNELS, MODES, kernel_defines
 from vm.hypervisor.modes import mode as mode_spec
 from vm.hypervisor.vmm import DEFAULT_BUDGET, VM, Until, VMResult, VMSnapshot
 from vm.isa import REG32_NAMES
@@ -55,7 +55,10 @@ def boot(
     paravirtual kernel on bare metal, and the pv_ops one in both). Options a mode takes:
     ``patch=False`` (trap-emulate: leave POPF, PUSHF and IRET alone, and see x86's hole);
     ``batch=False`` (paravirt: one hypercall per page-table update and context switch, not
-    one multicall for several).
+    one multicall for several); ``containers=[...]`` (containers: one container each, a
+    workload's name, a dict or a vm.containers.ContainerSpec with its weight, memory limit
+    and host name; default: one container running ``workload``). The containers share one
+    kernel, so another ``kernel`` is refused.
     """
     if isinstance(cost, str):
         cost = preset(cost)
@@ -70,12 +73,28 @@ def boot(
         raise ValueError(f"no workload {workload!r}; choose one of {', '.join(WORKLOADS)}")
     if not isinstance(cost, CostModel):
         raise ValueError(f"cost must be a CostModel (vm.cpu.cost.PRESETS), not {cost!r}")
+    build = kernel or spec.kernel
+    kernel_defines(build)  # (a clear error for a kernel there is not)
+    if spec.tenants is not None:  # (several tenants on the mode's one kernel)
+        if build != spec.kernel:
+            raise ValueError(
+                f"kernel {build!r} refused: {mode} share the host's one kernel (toyos built "
+                f"with {', '.join(KERNELS[spec.kernel]) or 'no define'}), so none of them can "
+                f"boot a kernel of its own; a VM can (mode='native' or 'paravirt', "
+                f"kernel={build!r})"
+            )
+        options.setdefault(spec.tenants, (workload,))
+    elif build == "containers":
+        raise ValueError(
+            "kernel 'containers' runs only in mode='containers': it takes its containers "
+            "from the host's runtime, which only that mode has"
+        )
     size = GUEST_RAM + spec.vmm_area
     machine = host.new_machine(size, cost) if host is not None else Machine(size, cost)
-    build = kernel or spec.kernel
     defines = kernel_defines(build, bool(options.get("batch", True)))
     kernel_program, user = install(machine, workload, GUEST_RAM, defines=defines)
     vm = spec.make(machine, GUEST_RAM, cost, name, kernel_text(kernel_program), **options)
+    workload = getattr(vm, "tenants_workload", workload)  # (what its tenants run, if any)
     guest = Guest(vm, workload, kernel_program.symbols, user.symbols, build)
     if host is not None:
         host.guests.append(guest)
@@ -121,6 +140,34 @@ class Translation(NamedTuple):
     physical: int  # the guest-physical address the guest's tables give (-1: not mapped)
     host: int  # the index into the host's memory the hardware would use (-1: none)
     why: str  # why the translation stops, when it does ("" when it completes)
+
+
+class Process(NamedTuple):
+    """A toyos process, as its kernel's process table holds it."""
+
+    namespace: int  # its container's id (0: the machine's one namespace, no containers)
+    pid: int  # its pid as its own namespace sees it
+    host_pid: int  # the kernel's own number for it
+    parent: int  # its parent's pid in its namespace (0: none)
+    state: str  # "ready", "sleeping", "waiting" or "zombie"
+    current: bool  # the one on the CPU (or last on it)
+
+
+class Namespace(NamedTuple):
+    """A container (or, with no containers, the whole machine) and its processes."""
+
+    id: int  # the container's id (0: the machine's one namespace)
+    hostname: str
+    state: str  # "created", "running", "stopped" ("running": a machine's own namespace)
+    weight: int
+    memory_limit: int  # pages (0: none)
+    pages: int  # frames its processes hold (containers only: the kernel counts them)
+    ticks: int  # timer ticks its processes ran (containers only)
+    processes: tuple[Process, ...]
+
+
+PROCESS_STATES = {1: "ready", 2: "sleeping", 3: "waiting", 4: "zombie"}
+CONTAINER_STATES = {1: "created", 2: "running", 3: "stopped"}
 
 
 class Line(NamedTuple):
@@ -275,6 +322,7 @@ class Guest:
 
     def __post_init__(self) -> None:
         self._status = "ready"
+        self._runtime = None
 
     # ---- what it is ------------------------------------------------------------------------------
     @property
@@ -292,6 +340,27 @@ class Guest:
     @property
     def console(self) -> str:
         return self.vm.board.console.text
+
+    @property
+    def consoles(self) -> dict[int, str]:
+        """Each namespace's console by id: containers each have a stream of their own (0 is
+        the kernel's); with no containers, 0 is the whole console."""
+        board = self.vm.board
+        streams = getattr(board, "streams", None)
+        if streams is None:
+            return {0: board.console.text}
+        ids = {0, *streams, *(n.id for n in self.namespaces())}
+        return {i: board.stream_text(i) for i in sorted(ids)}
+
+    @property
+    def containers(self):
+        """The container runtime (vm.containers.ContainerRuntime) of a guest booted with
+        mode="containers": create, start, stop, list, exec, stats."""
+        if self._runtime is None:
+            from vm.containers import ContainerRuntime
+
+            self._runtime = ContainerRuntime(self)
+        return self._runtime
 
     @property
     def status(self) -> str:
@@ -409,6 +478,72 @@ class Guest:
         if path == 2:
             return f"paravirtual ({patched} call sites patched to their paravirtual ops)"
         return "native (CPUID found no paravirtual VMM: every call site left native)"
+
+    # ---- processes, read from the kernel's tables ---------------------------------------------
+    def _kernel_dword(self, address: int) -> int:
+        window = self.vm.machine.window
+        if not 0 <= address <= min(self.vm.guest_ram, len(window)) - 4:
+            return 0
+        return int.from_bytes(window[address : address + 4].tobytes(), "little")
+
+    def processes(self) -> tuple[Process, ...]:
+        """Every live process in the kernel's process table (read only: a view, like a
+        debugger's; the runtime asks the kernel instead)."""
+        symbols, read = self.kernel_symbols, self._kernel_dword
+        base, size = symbols["procs"], symbols["P_SIZE"]
+        contained = "P_CONTAINER" in symbols
+        current = read(symbols["current"])
+        slots = range(base + size, base + size * symbols["MAX_PROCS"], size)  # (not idle)
+        out = []
+        for slot in slots:
+            state = read(slot + symbols["P_STATE"])
+            if state not in PROCESS_STATES:
+                continue
+            pid = read(slot + symbols["P_PID"])
+            parent = read(slot + symbols["P_PARENT"])
+            namespace, local, parent_pid = 0, pid, read(parent + symbols["P_PID"]) if parent else 0
+            if contained:
+                container = read(slot + symbols["P_CONTAINER"])
+                namespace = read(container + symbols["C_ID"]) if container else 0
+                local = read(slot + symbols["P_VPID"])
+                parent_pid = read(parent + symbols["P_VPID"]) if parent else 0
+            out.append(
+                Process(namespace, local, pid, parent_pid, PROCESS_STATES[state], slot == current)
+            )
+        return tuple(out)
+
+    def namespaces(self) -> tuple[Namespace, ...]:
+        """The process tree per namespace: each container (or the one machine) with its
+        processes, read from the kernel's tables without changing them."""
+        processes = self.processes()
+        symbols, read = self.kernel_symbols, self._kernel_dword
+        if "containers" not in symbols:
+            return (Namespace(0, "toyos", "running", 1, 0, 0, 0, processes),)
+        out = []
+        base, size = symbols["containers"], symbols["C_SIZE"]
+        for index in range(symbols["MAX_CONTAINERS"]):
+            entry = base + index * size
+            state = read(entry + symbols["C_STATE"])
+            if state not in CONTAINER_STATES:
+                continue
+            cid = index + 1
+            length = min(read(entry + symbols["C_HOSTLEN"]), 32)
+            at = entry + symbols["C_HOSTNAME"]
+            name = self.vm.machine.window[at : at + length].tobytes()
+            pages = read(entry + symbols["C_MEM_USED"])
+            out.append(
+                Namespace(
+                    cid,
+                    name.decode("ascii", errors="replace"),
+                    CONTAINER_STATES[state],
+                    read(entry + symbols["C_WEIGHT"]),
+                    read(entry + symbols["C_MEM_LIMIT"]),
+                    pages - (1 << 32) if pages & 0x80000000 else pages,
+                    read(entry + symbols["C_TICKS"]),
+                    tuple(p for p in processes if p.namespace == cid),
+                )
+            )
+        return tuple(out)
 
     # ---- breakpoints, snapshots, views -----------------------------------------------------------
     @property

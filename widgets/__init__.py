@@ -9,14 +9,21 @@ follows it.
 >>> guest = vm.boot("syscalls", mode="trap-emulate")
 >>> lab = widgets.Lab(guest)  # in a notebook: display(lab)
 >>> sorted(name for name in widgets.__all__ if name.endswith("View"))
-['CompareView', 'HostView', 'MachineView', 'PageTableView', 'RingView']
+['CompareView', 'HostView', 'MachineView', 'PageTableView', 'ProcessTreeView', 'RingView']
 """
 
 from widgets.compare import CompareView, compare_runs
 from widgets.controller import Controller, Frame, controller_for
 from widgets.host import HostView
 from widgets.lab import Lab
-from widgets.views import Controls, ExitTimeline, MachineView, PageTableView, RingView
+from widgets.views import (
+    Controls,
+    ExitTimeline,
+    MachineView,
+    PageTableView,
+    ProcessTreeView,
+    RingView,
+)
 
 __all__ = [
     "CompareView",
@@ -28,6 +35,7 @@ __all__ = [
     "Lab",
     "MachineView",
     "PageTableView",
+    "ProcessTreeView",
     "RingView",
     "compare_runs",
     "controller_for",

@@ -514,3 +514,79 @@ class PageTableView(_View):
             + f'<div style="{R.MONO}; color:#5f6368">{note}</div>'
         )
         _set(self.walk, value=html)
+
+
+# ---- the process tree per namespace ---------------------------------------------------------
+def process_tree_html(namespace, console: str, lines: int) -> str:
+    """One namespace: a line about it, its processes as a tree, its console's last lines."""
+    children: dict[int, list] = {}
+    for process in namespace.processes:
+        children.setdefault(process.parent, []).append(process)
+    pids = {p.pid for p in namespace.processes}
+    rows: list[str] = []
+
+    def walk(parent: int, depth: int) -> None:
+        for process in sorted(children.get(parent, ()), key=lambda p: p.pid):
+            if len(rows) >= 64:  # (a bound: a namespace holds at most the kernel's slots)
+                return
+            mark = " &lt;- on the CPU" if process.current else ""
+            style = "font-weight: bold" if process.current else ""
+            rows.append(
+                f'<div style="{style}">{"&nbsp;" * 4 * depth}pid {process.pid} '
+                f"({R.esc(process.state)}; kernel pid {process.host_pid}){mark}</div>"
+            )
+            walk(process.pid, depth + 1)
+
+    walk(0, 0)
+    for process in namespace.processes:  # (orphans: their parent has gone)
+        if process.parent and process.parent not in pids:
+            rows.append(f"<div>pid {process.pid} ({R.esc(process.state)}; orphan)</div>")
+    if namespace.id == 0:
+        title = "the machine's one namespace (no containers)"
+    else:
+        limit = f"{namespace.memory_limit:,}" if namespace.memory_limit else "no limit"
+        title = (
+            f"container {namespace.id} &middot; {R.esc(namespace.hostname)} &middot; "
+            f"{R.esc(namespace.state)} &middot; weight {namespace.weight} &middot; "
+            f"{namespace.pages:,} pages ({limit}) &middot; {namespace.ticks:,} ticks"
+        )
+    tree = "".join(rows) or "<div>(no processes)</div>"
+    return (
+        f'<div style="border: 1px solid #dadce0; padding: 4px; margin: 2px; min-width: 260px">'
+        f"<b>{title}</b>"
+        f'<div style="{R.MONO}">{tree}</div>{R.console_html(console, lines)}</div>'
+    )
+
+
+class ProcessTreeView(_View):
+    """The process tree of each namespace over one kernel: every container with its host
+    name, state, weight, memory and ticks, its processes by pid (as the container sees
+    them, and the kernel's own number), and its own console (``Guest.namespaces()`` and
+    ``Guest.consoles``). Without containers, the machine is one namespace.
+
+    >>> import vm
+    >>> guest = vm.boot(mode="containers", containers=["spawn", "io"])
+    >>> _ = guest.run(30_000)
+    >>> html = ProcessTreeView(guest).trees.value
+    >>> "container 2" in html and "pid 1" in html
+    True
+    """
+
+    def __init__(self, guest, lines: int = 4) -> None:
+        self.lines = lines
+        self.trees = W.HTML()
+        super().__init__(guest, [self.trees])
+        self._start()
+
+    def update(self, frame: Frame) -> None:
+        guest = frame.guest
+        consoles = guest.consoles
+        boxes = [
+            process_tree_html(n, consoles.get(n.id, ""), self.lines) for n in guest.namespaces()
+        ]
+        kernel = f"one kernel: toyos ({R.esc(guest.kernel)} build), {R.esc(guest.mode)} mode"
+        html = (
+            f"<h4>Processes per namespace</h4><div>{kernel}</div>"
+            f'<div style="display: flex; flex-wrap: wrap">{"".join(boxes)}</div>'
+        )
+        _set(self.trees, value=html)

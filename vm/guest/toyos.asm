@@ -17,6 +17,9 @@
 ;   0 exit(code)   1 write(buffer, length)   2 getpid()   3 yield()   4 sleep(ticks)
 ;   5 spawn(program, argument) -> pid   6 wait(pid) -> exit code
 ;   7 map(address, pages) -> 0 or -1   8 unmap(address, pages) -> 0 or -1 (1 to 8 pages)
+; and, built with CONTAINERS:
+;   9 kill(pid) -> 0 or -1   10 sethostname(buffer, length) -> 0 or -1
+;   11 gethostname(buffer, length) -> length or -1
 ;
 ; One source, three builds: every privileged thing the kernel does is an "op" of the
 ; hardware interface below, with a native body (the instructions) and a paravirtual one
@@ -29,6 +32,11 @@
 ;                      call to its native body; at boot the kernel asks CPUID whether a
 ;                      paravirtual VMM is there, and if so patches every such call to the
 ;                      paravirtual body (pvops_patch)
+;   %define CONTAINERS the native bodies, and OS-level virtualization (OpenVZ's way): every
+;                      process belongs to a container with its own pid numbers, host name
+;                      and console stream, a CPU weight and a memory limit in pages; the
+;                      host's runtime (vm/containers.py) creates, starts and stops them
+;                      through the control ports (serve_control), never by writing here
 ; Read native_<op> beside pv_<op> to see everything a paravirtual port changes.
 
 bits 32
@@ -67,7 +75,11 @@ PIC_DATA        equ 0x21
 PIT_COMMAND     equ 0x43
 PIT_CHANNEL0    equ 0x40
 
+%ifdef CONTAINERS
+MAX_PROCS       equ 32
+%else
 MAX_PROCS       equ 8
+%endif
 ; process table entry
 P_STATE         equ 0
 P_PID           equ 4
@@ -77,13 +89,64 @@ P_KSTACK        equ 16                  ; top of its kernel stack
 P_WAKE          equ 20                  ; tick to wake at (SLEEPING) / pid waited for
 P_EXIT          equ 24                  ; exit code (ZOMBIE)
 P_PARENT        equ 28
+%ifdef CONTAINERS
+P_CONTAINER     equ 32                  ; its container's entry (0: the idle loop)
+P_VPID          equ 36                  ; its pid in its container's namespace
+P_PAGES         equ 40                  ; frames charged to its container
+P_KILLED        equ 44                  ; 1: the host stopped its container; it dies at
+P_SIZE          equ 48                  ; the end of the next tick
+%else
 P_SIZE          equ 32
+%endif
 ; process states
 FREE            equ 0
 READY           equ 1
 SLEEPING        equ 2
 WAITING         equ 3
 ZOMBIE          equ 4
+
+%ifdef CONTAINERS
+; The scans of the process table stop after the highest slot ever used.
+%define PROCS_END [procs_end]
+%define PROC_SLOTS [proc_slots]
+; A container (its entry in the table at containers; its id is its index + 1). The
+; fields from C_ID to the host name are, in order, the record sent to the host.
+MAX_CONTAINERS  equ 16
+C_ID            equ 0
+C_STATE         equ 4
+C_WEIGHT        equ 8                   ; CPU weight: timer ticks a round, 1..MAX_WEIGHT
+C_MEM_LIMIT     equ 12                  ; frames it may hold (0: no limit)
+C_MEM_USED      equ 16                  ; frames its processes hold
+C_TICKS         equ 20                  ; timer ticks its processes ran
+C_EXIT          equ 24                  ; its init's exit code (-9: stopped by the host)
+C_REFUSED       equ 28                  ; frames refused it by its limit
+C_HOSTLEN       equ 32
+C_HOSTNAME      equ 36                  ; HOSTNAME_MAX bytes
+C_LAST_PID      equ 68                  ; its pid namespace's last pid
+C_CREDIT        equ 72                  ; ticks left of its weight this round
+C_SIZE          equ 76
+C_RECORD_DWORDS equ 17                  ; C_ID .. the end of the host name
+HOSTNAME_MAX    equ 32
+MAX_WEIGHT      equ 100
+PROCESS_FRAMES  equ 4                   ; a directory, a user table, a stack, a kernel stack
+; container states
+C_FREE          equ 0
+C_CREATED       equ 1
+C_RUNNING       equ 2
+C_STOPPED       equ 3
+; the control device (vm/hypervisor/containers.py): the host's requests come in, records
+; (a reply, or a report that a container stopped) go out
+CONTROL_PORT    equ 0xf0                ; IN: the next request (0: none); OUT: end a record
+CONTROL_DATA    equ 0xf1                ; IN: the request's next argument; OUT: a dword
+CONTROL_PENDING equ 0xf2                ; IN: how many requests wait
+STREAM_PORT     equ 0xea                ; OUT: whose console the next bytes are (0: ours)
+RECORD_REPLY    equ 1
+RECORD_REPORT   equ 2
+MAX_REQUESTS    equ 32                  ; served at one poll
+%else
+%define PROCS_END procs + P_SIZE * MAX_PROCS
+%define PROC_SLOTS MAX_PROCS
+%endif
 
 ; interrupt frame, from EBP after pushad in isr_common
 F_EDI           equ 0
@@ -514,6 +577,13 @@ start:
     op start_timer                  ; a tick every BOOT_TIMER counts on IRQ 0
     mov esi, msg_boot
     call kputs
+%ifdef CONTAINERS
+    ; no init of our own: the host's requests create and start the containers, each with
+    ; its own init, served from the idle loop (and at every tick)
+    mov dword [current], procs
+    mov dword [procs+P_CR3], kernel_page_directory
+    mov dword [procs+P_KSTACK], BOOT_STACK
+%else
     ; the first process: init (program 0), told which workload to start
     xor ebx, ebx
     mov ecx, [BOOT_WORKLOAD]
@@ -525,11 +595,17 @@ start:
     mov dword [current], procs
     mov dword [procs+P_CR3], kernel_page_directory
     mov dword [procs+P_KSTACK], BOOT_STACK
+%endif
 idle:
     op irq_enable                   ; the idle loop runs with interrupts on
 .loop:
     irq_save                        ; local_irq_save: look at the run queue, ticks held off
     op irq_disable
+%ifdef CONTAINERS
+    call serve_control              ; the host's requests
+    cmp dword [running_containers], 0
+    je shutdown                     ; no container runs, none asked for: the machine is done
+%endif
     call any_ready
     irq_restore                     ; local_irq_restore: interrupts on again
     test eax, eax
@@ -698,17 +774,44 @@ exception:
     jz kernel_panic
     ; a user fault kills the process that made it
     mov ebx, [current]
+%ifdef CONTAINERS
+    mov eax, [ebx+P_CONTAINER]      ; said on its container's console, by its own pid
+    mov eax, [eax+C_ID]
+    out STREAM_PORT, al
+    kprint msg_killed_1, [ebx+P_VPID], kputdec
+%else
     kprint msg_killed_1, [ebx+P_PID], kputdec
+%endif
     kprint msg_killed_2, [ebp+F_VECTOR], kputdec
     kprint msg_killed_3, [ebp+F_EIP], kputhex
     mov al, 10
     call kputc
+%ifdef CONTAINERS
+    xor eax, eax                    ; (the kernel's own stream again)
+    out STREAM_PORT, al
+%endif
     mov eax, -1
     jmp exit_current
 
 timer_interrupt:
     inc dword [ticks]
     op end_of_interrupt
+%ifdef CONTAINERS
+    mov ebx, [current]              ; the tick is charged to the current container
+    mov eax, [ebx+P_CONTAINER]
+    test eax, eax
+    jz .served
+    inc dword [eax+C_TICKS]
+    dec dword [eax+C_CREDIT]
+.served:
+    call serve_control              ; the host's requests
+    mov ebx, [current]
+    cmp dword [ebx+P_KILLED], 0     ; its container was stopped: it dies now
+    je .alive
+    mov eax, -9
+    jmp exit_current
+.alive:
+%endif
     call wake_sleepers
     call schedule                   ; preempt: round robin
     jmp return_to_process
@@ -726,17 +829,34 @@ schedule:
     op irq_disable
     mov ebx, [current]
     mov [ebx+P_ESP], esp
-    mov ecx, MAX_PROCS
+%ifdef CONTAINERS
+    mov esi, 2                      ; two passes: the containers with ticks left, then all
+.pass:                              ; of them again with their weights' worth
+%endif
+    mov ecx, PROC_SLOTS
     mov edx, ebx
 .find:
     add edx, P_SIZE
-    cmp edx, procs + P_SIZE * MAX_PROCS
+    cmp edx, PROCS_END
     jb .check
     mov edx, procs + P_SIZE         ; slot 0 is the idle loop: skip it
 .check:
     cmp dword [edx+P_STATE], READY
+%ifdef CONTAINERS
+    jne .next
+    mov eax, [edx+P_CONTAINER]      ; ready, and its container has ticks left this round
+    cmp dword [eax+C_CREDIT], 0
+    jg .switch
+.next:
+%else
     je .switch
+%endif
     loop .find
+%ifdef CONTAINERS
+    call refill_credits             ; a new round: each container its weight in ticks
+    dec esi
+    jnz .pass
+%endif
     ; nothing is ready: the current one goes on if it can, else idle
     cmp dword [ebx+P_STATE], READY
     je .done
@@ -765,7 +885,7 @@ any_ready:
     ret
 .skip:
     add edx, P_SIZE
-    cmp edx, procs + P_SIZE * MAX_PROCS
+    cmp edx, PROCS_END
     jb .next
     ret
 
@@ -780,14 +900,14 @@ wake_sleepers:
     mov dword [edx+P_STATE], READY
 .skip:
     add edx, P_SIZE
-    cmp edx, procs + P_SIZE * MAX_PROCS
+    cmp edx, PROCS_END
     jb .next
     ret
 
 ; ---- system calls ----------------------------------------------------------------------
 syscall:
     mov eax, [ebp+F_EAX]
-    cmp eax, 8
+    cmp eax, SYSCALLS - 1
     ja .bad
     jmp [syscall_table + eax*4]
 .bad:
@@ -812,6 +932,12 @@ sys_write:
     mov [ebp+F_EAX], ecx
     irq_save                        ; spin_lock_irqsave(&console_lock)
     op irq_disable
+%ifdef CONTAINERS
+    mov ebx, [current]              ; onto the caller's container's console
+    mov eax, [ebx+P_CONTAINER]
+    mov eax, [eax+C_ID]
+    out STREAM_PORT, al
+%endif
     op console_write
     irq_restore                     ; spin_unlock_irqrestore(&console_lock)
     jmp return_to_process
@@ -821,7 +947,11 @@ sys_write:
 
 sys_getpid:
     mov ebx, [current]
+%ifdef CONTAINERS
+    mov eax, [ebx+P_VPID]           ; its pid in its own namespace
+%else
     mov eax, [ebx+P_PID]
+%endif
     mov [ebp+F_EAX], eax
     jmp return_to_process
 
@@ -844,13 +974,21 @@ sys_spawn:
     mov ebx, [ebp+F_EBX]            ; program
     mov ecx, [ebp+F_ECX]            ; its argument
     mov edx, [current]
+%ifdef CONTAINERS
+    mov eax, [edx+P_CONTAINER]      ; a child is in its parent's container
+    mov [spawn_container], eax
+%endif
     call create_process
     mov [ebp+F_EAX], eax
     jmp return_to_process
 
 sys_wait:
     mov eax, [ebp+F_EBX]
+%ifdef CONTAINERS
+    call find_in_namespace          ; only a pid of the caller's own namespace
+%else
     call find_process
+%endif
     test edx, edx
     jz .none
     mov ebx, [current]
@@ -858,6 +996,9 @@ sys_wait:
     jne .none
     cmp dword [edx+P_STATE], ZOMBIE
     je .reap
+%ifdef CONTAINERS
+    mov eax, [edx+P_PID]            ; (exit_current wakes us by the global pid)
+%endif
     ; sleep until the child exits: exit_current fills in our EAX and wakes us
     mov [ebx+P_WAKE], eax
     mov dword [ebx+P_STATE], WAITING
@@ -886,9 +1027,14 @@ sys_map:                            ; map(EBX = address, ECX = pages): fresh zer
     pop edi
     pop ecx
 .map:
+%ifdef CONTAINERS
+    call container_charge_page      ; within its container's memory limit?
+    test eax, eax
+    jz .full
+%endif
     call alloc_frame
     test eax, eax
-    jz .full                        ; (the pages mapped so far stay mapped)
+    jz .no_frame                    ; (the pages mapped so far stay mapped)
     or eax, PTE_PRESENT | PTE_WRITE | PTE_USER
     op set_user_pte
     add edi, 4
@@ -900,6 +1046,10 @@ sys_map:                            ; map(EBX = address, ECX = pages): fresh zer
     pop edi
     pop ecx
     jmp .bad
+.no_frame:
+%ifdef CONTAINERS
+    call container_uncharge_page
+%endif
 .full:
     op leave_lazy_mmu
 .bad:
@@ -926,6 +1076,9 @@ sys_unmap:                          ; unmap(EBX = address, ECX = pages): all mus
     and eax, 0xfffff000
     push ecx
     call free_frame
+%ifdef CONTAINERS
+    call container_uncharge_page
+%endif
     pop ecx
     add edi, 4
     add ebx, 0x1000
@@ -939,6 +1092,43 @@ sys_unmap:                          ; unmap(EBX = address, ECX = pages): all mus
 .bad:
     mov dword [ebp+F_EAX], -1
     jmp return_to_process
+
+%ifdef CONTAINERS
+; container_charge_page: the current process's container takes one page of its memory
+; limit -> EAX = 1, or 0 when it is at its limit (and the refusal is counted)
+container_charge_page:
+    push ebx
+    push ecx
+    mov ebx, [current]
+    mov ecx, [ebx+P_CONTAINER]
+    mov eax, [ecx+C_MEM_LIMIT]
+    test eax, eax                   ; (0: no limit)
+    jz .room
+    cmp [ecx+C_MEM_USED], eax
+    jb .room
+    inc dword [ecx+C_REFUSED]
+    xor eax, eax
+    jmp .done
+.room:
+    inc dword [ebx+P_PAGES]
+    inc dword [ecx+C_MEM_USED]
+    mov eax, 1
+.done:
+    pop ecx
+    pop ebx
+    ret
+
+container_uncharge_page:            ; the current process's container gives a page back
+    push ebx
+    push ecx
+    mov ebx, [current]
+    dec dword [ebx+P_PAGES]
+    mov ecx, [ebx+P_CONTAINER]
+    dec dword [ecx+C_MEM_USED]
+    pop ecx
+    pop ebx
+    ret
+%endif
 
 ; user_range: the frame's EBX = a page-aligned user address, ECX = a count of pages from
 ; 1 to MAP_MAX_PAGES, all above the image and below the stack -> EDI = the address of the
@@ -985,6 +1175,7 @@ user_pte:
 
 ; ---- processes -------------------------------------------------------------------------
 ; create_process: EBX = program, ECX = argument, EDX = parent -> EAX = pid, or -1.
+; (Built with CONTAINERS: in the container at [spawn_container]; the pid is its own there.)
 create_process:
     push ebx
     push ecx
@@ -999,6 +1190,24 @@ create_process:
     jb .find
     jmp .fail
 .found:
+%ifdef CONTAINERS
+    mov eax, [spawn_container]      ; its four frames within the container's limit?
+    mov ecx, [eax+C_MEM_LIMIT]
+    test ecx, ecx
+    jz .room
+    sub ecx, [eax+C_MEM_USED]
+    cmp ecx, PROCESS_FRAMES
+    jge .room
+    add dword [eax+C_REFUSED], PROCESS_FRAMES
+    jmp .fail
+.room:
+    lea eax, [esi+P_SIZE]           ; a slot past the highest used: the scans go on to it
+    cmp eax, [procs_end]
+    jbe .inside
+    mov [procs_end], eax
+    inc dword [proc_slots]
+.inside:
+%endif
     ; page directory: the kernel's table, and a user table
     call alloc_frame
     test eax, eax
@@ -1048,7 +1257,15 @@ create_process:
     rep stosd
     pop edi
     mov ebx, [esp+8]                ; program
+%ifdef CONTAINERS
+    cmp ebx, FIRST_CONTAINER_PROGRAM
+    jb .program
+    mov eax, [CONTAINER_PROGRAM_TABLE - FIRST_CONTAINER_PROGRAM * 4 + ebx*4]
+    jmp .entry
+.program:
+%endif
     mov eax, [USER_BASE_PHYS_TABLE + ebx*4]
+.entry:
     mov [edi+F_EIP], eax
     mov eax, [esp+4]                ; argument, in EBX
     mov [edi+F_EBX], eax
@@ -1062,6 +1279,16 @@ create_process:
     mov [esi+P_PID], eax
     mov edx, [esp]
     mov [esi+P_PARENT], edx
+%ifdef CONTAINERS
+    mov edx, [spawn_container]      ; its container, its pid there, its frames charged
+    mov [esi+P_CONTAINER], edx
+    inc dword [edx+C_LAST_PID]
+    mov eax, [edx+C_LAST_PID]
+    mov [esi+P_VPID], eax
+    mov dword [esi+P_PAGES], PROCESS_FRAMES
+    add dword [edx+C_MEM_USED], PROCESS_FRAMES
+    mov dword [esi+P_KILLED], 0
+%endif
     mov dword [esi+P_STATE], READY
     add esp, 12
     ret
@@ -1072,6 +1299,10 @@ create_process:
 
 ; The entry points of the user programs: the user image starts with their table.
 USER_BASE_PHYS_TABLE equ USER_IMAGE
+%ifdef CONTAINERS
+FIRST_CONTAINER_PROGRAM equ 10          ; (programs 10 and up: their own table, at 0x800)
+CONTAINER_PROGRAM_TABLE equ USER_IMAGE + 0x800
+%endif
 
 ; exit_current: EAX = exit code. Frees the address space, wakes a waiting parent, and
 ; schedules another process. Never returns.
@@ -1080,9 +1311,30 @@ exit_current:
     mov [ebx+P_EXIT], eax
     mov dword [ebx+P_STATE], ZOMBIE
     call free_address_space
+%ifdef CONTAINERS
+    mov ecx, [ebx+P_CONTAINER]
+    cmp dword [ecx+C_STATE], C_RUNNING
+    jne .nobody                     ; its container was stopped: nobody waits for it
+    cmp dword [ebx+P_VPID], 1
+    jne .not_init
+    ; a container's init exited: the container stops, its other processes with it
+    mov eax, [ebx+P_EXIT]
+    mov [ecx+C_EXIT], eax
+    mov dword [ebx+P_STATE], FREE
+    call container_stopped
+    jmp .schedule
+.not_init:
+    cmp dword [ebx+P_PARENT], 0
+    jne .parent
+.nobody:                            ; (started by the host's exec: no parent to wait)
+    mov dword [ebx+P_STATE], FREE
+    jmp .schedule
+.parent:
+%else
     ; init's exit ends the machine
     cmp dword [ebx+P_PID], 1
     je shutdown
+%endif
     ; a parent waiting for this pid gets the code now
     mov edx, [ebx+P_PARENT]
     test edx, edx
@@ -1105,6 +1357,12 @@ free_address_space:
     ; the user pages (not the shared image), the page table, the directory, and later
     ; the kernel stack (it is in use until the switch: kept until the slot is reused)
     push ebx
+%ifdef CONTAINERS
+    mov eax, [ebx+P_CONTAINER]      ; its frames no longer count against its container
+    mov ecx, [ebx+P_PAGES]
+    sub [eax+C_MEM_USED], ecx
+    mov dword [ebx+P_PAGES], 0
+%endif
     mov esi, [ebx+P_CR3]
     mov edi, [esi+4]
     and edi, 0xfffff000
@@ -1156,6 +1414,454 @@ find_process:
     xor edx, edx
 .done:
     ret
+
+%ifdef CONTAINERS
+; ---- containers ------------------------------------------------------------------------
+; find_in_namespace: EAX = a pid of the current process's namespace -> EDX = its slot, or 0.
+; Another container's processes have no pid here: they cannot be named, let alone reached.
+find_in_namespace:
+    mov ecx, [current]
+    mov ecx, [ecx+P_CONTAINER]
+    mov edx, procs + P_SIZE
+.next:
+    cmp dword [edx+P_STATE], FREE
+    je .skip
+    cmp [edx+P_VPID], eax
+    jne .skip
+    cmp [edx+P_CONTAINER], ecx
+    je .done
+.skip:
+    add edx, P_SIZE
+    cmp edx, PROCS_END
+    jb .next
+    xor edx, edx
+.done:
+    ret
+
+; kill(pid): a process of the caller's namespace dies with exit code -9 (not its init: as
+; in Linux, a namespace's init cannot be killed from inside it).
+sys_kill:
+    mov eax, [ebp+F_EBX]
+    cmp eax, 1
+    jbe .bad
+    call find_in_namespace
+    test edx, edx
+    jz .bad
+    cmp dword [edx+P_STATE], ZOMBIE
+    je .bad
+    cmp edx, [current]
+    je .self
+    call kill_process
+    mov dword [ebp+F_EAX], 0
+    jmp return_to_process
+.self:
+    mov eax, -9
+    jmp exit_current
+.bad:
+    mov dword [ebp+F_EAX], -1
+    jmp return_to_process
+
+; user_buffer: ESI = a user address, ECX = a length of 1..HOSTNAME_MAX, EDX = the PTE bits
+; each of its pages needs -> CF set when it is not all there (the kernel then never
+; touches it: a page fault of ours would be a kernel panic).
+user_buffer:
+    push eax
+    push edi
+    cmp esi, USER_BASE
+    jb .bad
+    lea eax, [esi+ecx]
+    cmp eax, USER_END
+    ja .bad
+    mov edi, [current]
+    mov edi, [edi+P_CR3]
+    mov edi, [edi+4]                ; the page table of 0x400000..0x7fffff
+    and edi, 0xfffff000
+    mov eax, esi                    ; its first page
+    sub eax, USER_BASE
+    shr eax, 12
+    mov eax, [edi+eax*4]
+    and eax, edx
+    cmp eax, edx
+    jne .bad
+    lea eax, [esi+ecx-1]            ; and its last
+    sub eax, USER_BASE
+    shr eax, 12
+    mov eax, [edi+eax*4]
+    and eax, edx
+    cmp eax, edx
+    jne .bad
+    clc
+    pop edi
+    pop eax
+    ret
+.bad:
+    stc
+    pop edi
+    pop eax
+    ret
+
+; hostname_arguments: the caller's EBX (buffer) and ECX (length), checked -> ESI, ECX,
+; EBX = its container; CF set when they are bad. EDX = the PTE bits the buffer needs.
+hostname_arguments:
+    mov esi, [ebp+F_EBX]
+    mov ecx, [ebp+F_ECX]
+    test ecx, ecx
+    jz .bad
+    cmp ecx, HOSTNAME_MAX
+    ja .bad
+    call user_buffer
+    jc .bad
+    mov ebx, [current]
+    mov ebx, [ebx+P_CONTAINER]
+    clc
+    ret
+.bad:
+    stc
+    ret
+
+; sethostname(buffer, length): the caller's container's host name (1..HOSTNAME_MAX bytes).
+sys_sethostname:
+    mov edx, PTE_PRESENT | PTE_USER
+    call hostname_arguments
+    jc .bad
+    lea edi, [ebx+C_HOSTNAME]
+    mov [ebx+C_HOSTLEN], ecx
+    push ecx
+    rep movsb                       ; (from the caller's pages, checked present)
+    pop ecx
+    neg ecx                         ; the rest of the name's bytes cleared
+    add ecx, HOSTNAME_MAX
+    xor eax, eax
+    rep stosb
+    mov dword [ebp+F_EAX], 0
+    jmp return_to_process
+.bad:
+    mov dword [ebp+F_EAX], -1
+    jmp return_to_process
+
+; gethostname(buffer, length) -> the name's length: its container's host name, at most
+; length bytes of it copied (no terminating zero).
+sys_gethostname:
+    mov edx, PTE_PRESENT | PTE_USER | PTE_WRITE
+    call hostname_arguments
+    jc .bad
+    mov eax, [ebx+C_HOSTLEN]
+    cmp ecx, eax
+    jbe .copy
+    mov ecx, eax
+.copy:
+    mov [ebp+F_EAX], ecx
+    mov edi, esi
+    lea esi, [ebx+C_HOSTNAME]
+    rep movsb                       ; (into the caller's pages, checked writable)
+    jmp return_to_process
+.bad:
+    mov dword [ebp+F_EAX], -1
+    jmp return_to_process
+
+; kill_process: EDX = a process, not the current one: its memory freed now, -9 its exit
+; code; a parent waiting for it wakes. Keeps EBX, ECX, EDX.
+kill_process:
+    push ebx
+    push ecx
+    push edx
+    mov ebx, edx
+    cmp dword [ebx+P_STATE], ZOMBIE
+    je .done                        ; (already dead: its memory is gone)
+    call free_address_space         ; (leaves the kernel's own directory loaded)
+    mov eax, [current]
+    mov eax, [eax+P_CR3]
+    op load_cr3
+    mov dword [ebx+P_EXIT], -9
+    mov dword [ebx+P_STATE], ZOMBIE
+    mov edx, [ebx+P_PARENT]
+    test edx, edx
+    jz .done
+    cmp dword [edx+P_STATE], WAITING
+    jne .done
+    mov ecx, [ebx+P_PID]
+    cmp [edx+P_WAKE], ecx
+    jne .done
+    mov edi, [edx+P_ESP]
+    mov dword [edi + 8 + F_EAX], -9 ; its saved frame (after schedule's EFLAGS, return)
+    mov dword [edx+P_STATE], READY
+    mov dword [ebx+P_STATE], FREE
+.done:
+    pop edx
+    pop ecx
+    pop ebx
+    ret
+
+; container_stopped: ECX = a running container whose init died or that the host stops:
+; every process of it dies (the current one, if it is one, at the end of the next tick),
+; and the host gets its record.
+container_stopped:
+    push ebx
+    push edx
+    mov dword [ecx+C_STATE], C_STOPPED
+    dec dword [running_containers]
+    mov edx, procs + P_SIZE
+.next:
+    cmp [edx+P_CONTAINER], ecx
+    jne .skip
+    cmp dword [edx+P_STATE], FREE
+    je .skip
+    cmp edx, [current]
+    je .current
+    call kill_process
+    mov dword [edx+P_STATE], FREE
+    jmp .skip
+.current:
+    mov dword [edx+P_KILLED], 1
+.skip:
+    add edx, P_SIZE
+    cmp edx, PROCS_END
+    jb .next
+    mov eax, RECORD_REPORT
+    call send_record
+    pop edx
+    pop ebx
+    ret
+
+; refill_credits: a new round of the weighted scheduler: each container gets its weight
+; in ticks.
+refill_credits:
+    push ecx
+    mov ecx, containers
+.next:
+    mov eax, [ecx+C_WEIGHT]
+    mov [ecx+C_CREDIT], eax
+    add ecx, C_SIZE
+    cmp ecx, containers + C_SIZE * MAX_CONTAINERS
+    jb .next
+    pop ecx
+    ret
+
+; send_record: ECX = a container, EAX = RECORD_REPLY or RECORD_REPORT: its figures to the
+; host (C_ID .. its host name, then its live processes), the record's kind last.
+send_record:
+    push eax
+    push ecx
+    push edx
+    push esi
+    mov esi, ecx
+    mov edx, C_RECORD_DWORDS
+.field:
+    lodsd
+    out CONTROL_DATA, eax
+    dec edx
+    jnz .field
+    xor eax, eax                    ; its processes
+    mov edx, procs + P_SIZE
+.count:
+    cmp [edx+P_CONTAINER], ecx
+    jne .other
+    cmp dword [edx+P_STATE], FREE
+    je .other
+    inc eax
+.other:
+    add edx, P_SIZE
+    cmp edx, PROCS_END
+    jb .count
+    out CONTROL_DATA, eax
+    pop esi
+    pop edx
+    pop ecx
+    pop eax
+    out CONTROL_PORT, eax
+    ret
+
+; reply: EAX, the whole reply to the request being served.
+reply:
+    out CONTROL_DATA, eax
+    mov eax, RECORD_REPLY
+    out CONTROL_PORT, eax
+    ret
+
+; serve_control: the host's requests (vm/containers.py), each answered with a reply
+; record, until none waits (at most MAX_REQUESTS a call). Keeps EBP.
+serve_control:
+    push ebp
+    mov ebp, MAX_REQUESTS
+.next:
+    in eax, CONTROL_PORT            ; the next request's operation (0: none)
+    test eax, eax
+    jz .done
+    cmp eax, CONTROL_OPERATIONS
+    ja .unknown
+    call [control_table + eax*4 - 4]
+    jmp .served
+.unknown:
+    mov eax, -1
+    call reply
+.served:
+    dec ebp
+    jnz .next
+.done:
+    pop ebp
+    ret
+
+; container_argument: the request's next argument, a container id -> ECX = its entry
+; (0 when there is no such container).
+container_argument:
+    in eax, CONTROL_DATA
+    xor ecx, ecx
+    dec eax
+    cmp eax, MAX_CONTAINERS
+    jae .none
+    imul ecx, eax, C_SIZE
+    add ecx, containers
+    cmp dword [ecx+C_STATE], C_FREE
+    jne .done
+    xor ecx, ecx
+.none:
+.done:
+    ret
+
+; create(id, weight, memory limit) -> 0, or -1 (the id is taken or out of range, or the
+; weight not 1..MAX_WEIGHT)
+control_create:
+    in eax, CONTROL_DATA
+    dec eax
+    cmp eax, MAX_CONTAINERS
+    jae .bad
+    imul edi, eax, C_SIZE
+    add edi, containers
+    cmp dword [edi+C_STATE], C_FREE
+    jne .bad
+    inc eax
+    push eax
+    push edi
+    mov ecx, C_SIZE / 4             ; a clean entry
+    xor eax, eax
+    rep stosd
+    pop edi
+    pop eax
+    mov [edi+C_ID], eax
+    in eax, CONTROL_DATA            ; weight
+    test eax, eax
+    jz .bad
+    cmp eax, MAX_WEIGHT
+    ja .bad
+    mov [edi+C_WEIGHT], eax
+    mov [edi+C_CREDIT], eax
+    in eax, CONTROL_DATA            ; memory limit, in frames (0: none)
+    mov [edi+C_MEM_LIMIT], eax
+    mov dword [edi+C_STATE], C_CREATED
+    xor eax, eax
+    jmp reply
+.bad:
+    mov eax, -1
+    jmp reply
+
+; hostname(id, length, eight dwords of name) -> 0 or -1
+control_hostname:
+    call container_argument
+    test ecx, ecx
+    jz .bad
+    in eax, CONTROL_DATA
+    cmp eax, HOSTNAME_MAX
+    ja .bad
+    mov [ecx+C_HOSTLEN], eax
+    lea edi, [ecx+C_HOSTNAME]
+    mov edx, HOSTNAME_MAX / 4
+.dword:
+    in eax, CONTROL_DATA
+    stosd
+    dec edx
+    jnz .dword
+    xor eax, eax
+    jmp reply
+.bad:
+    mov eax, -1
+    jmp reply
+
+; start(id, program) -> its init's pid (1), or -1: a created container runs its init, which
+; starts the program, as the machine's init does
+control_start:
+    call container_argument
+    test ecx, ecx
+    jz .bad
+    cmp dword [ecx+C_STATE], C_CREATED
+    jne .bad
+    in eax, CONTROL_DATA            ; the program
+    mov [spawn_container], ecx
+    mov dword [ecx+C_STATE], C_RUNNING
+    inc dword [running_containers]
+    push ecx
+    xor ebx, ebx                    ; init, told which program to start
+    mov ecx, eax
+    xor edx, edx
+    call create_process
+    pop ecx
+    cmp eax, 0
+    jge reply
+    mov dword [ecx+C_STATE], C_STOPPED  ; (no room for its init: it never ran)
+    dec dword [running_containers]
+    mov dword [ecx+C_EXIT], -1
+.bad:
+    mov eax, -1
+    jmp reply
+
+; exec(id, program, argument) -> the new process's pid in the container, or -1
+control_exec:
+    call container_argument
+    test ecx, ecx
+    jz .bad
+    cmp dword [ecx+C_STATE], C_RUNNING
+    jne .bad
+    mov [spawn_container], ecx
+    in eax, CONTROL_DATA
+    mov ebx, eax
+    in eax, CONTROL_DATA
+    mov ecx, eax
+    xor edx, edx                    ; (no parent: nobody waits for it)
+    call create_process
+    jmp reply
+.bad:
+    mov eax, -1
+    jmp reply
+
+; stop(id) -> 0 or -1: every process of a running container dies (its record follows)
+control_stop:
+    call container_argument
+    test ecx, ecx
+    jz .bad
+    cmp dword [ecx+C_STATE], C_RUNNING
+    jne .bad
+    xor eax, eax
+    call reply
+    mov dword [ecx+C_EXIT], -9
+    jmp container_stopped
+.bad:
+    mov eax, -1
+    jmp reply
+
+; stats(id) -> its record, or -1
+control_stats:
+    call container_argument
+    test ecx, ecx
+    jz .bad
+    mov eax, RECORD_REPLY
+    jmp send_record
+.bad:
+    mov eax, -1
+    jmp reply
+
+; destroy(id) -> 0 or -1: a container that is not running gives its id back
+control_destroy:
+    call container_argument
+    test ecx, ecx
+    jz .bad
+    cmp dword [ecx+C_STATE], C_RUNNING
+    je .bad
+    mov dword [ecx+C_STATE], C_FREE
+    xor eax, eax
+    jmp reply
+.bad:
+    mov eax, -1
+    jmp reply
+%endif
 
 ; ---- page frames -----------------------------------------------------------------------
 ; alloc_frame -> EAX = a zeroed 4 KiB frame, or 0 when memory is full.
@@ -1240,7 +1946,18 @@ kputdec:                            ; EAX, unsigned, in decimal
     op console_putc
     ret
 
+%ifdef CONTAINERS
+%macro kernel_console 0                 ; the kernel's own stream, whoever wrote last
+    xor eax, eax
+    out STREAM_PORT, al
+%endmacro
+%else
+%macro kernel_console 0
+%endmacro
+%endif
+
 kernel_panic:
+    kernel_console
     kprint msg_panic, [ebp+F_VECTOR], kputdec
     kprint msg_error, [ebp+F_ERROR], kputhex
     kprint msg_eip, [ebp+F_EIP], kputhex
@@ -1269,6 +1986,7 @@ kernel_panic:
     op safe_halt
 
 panic_message:
+    kernel_console
     call kputs
     mov al, 2
     op power_off
@@ -1276,6 +1994,7 @@ panic_message:
     op safe_halt
 
 shutdown:
+    kernel_console
     mov esi, msg_halt
     call kputs
     xor eax, eax
@@ -1629,6 +2348,16 @@ isr_table:
 syscall_table:
     dd sys_exit, sys_write, sys_getpid, sys_yield, sys_sleep, sys_spawn, sys_wait
     dd sys_map, sys_unmap
+%ifdef CONTAINERS
+    dd sys_kill, sys_sethostname, sys_gethostname
+%endif
+SYSCALLS equ ($ - syscall_table) / 4
+%ifdef CONTAINERS
+control_table:                      ; the host's requests, by operation (1 = create)
+    dd control_create, control_hostname, control_start, control_exec, control_stop
+    dd control_stats, control_destroy
+CONTROL_OPERATIONS equ ($ - control_table) / 4
+%endif
 
 gdt:
     dd 0, 0
@@ -1666,6 +2395,13 @@ next_frame:     dd 0
 free_list:      dd 0
 dead_stack:     dd 0
 procs:          times MAX_PROCS * P_SIZE db 0
+%ifdef CONTAINERS
+containers:     times MAX_CONTAINERS * C_SIZE db 0
+running_containers: dd 0
+spawn_container: dd 0               ; the container create_process puts a process in
+procs_end:      dd procs + P_SIZE   ; past the highest slot used (the idle loop's, at first)
+proc_slots:     dd 1                ; slots up to there
+%endif
 tss:            times 0x68 db 0
 %ifdef PVOPS
 pvop_sites:     dd PVOP_SITES       ; (call site, paravirtual body) pairs, then 0, 0

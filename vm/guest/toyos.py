@@ -41,6 +41,13 @@ PROGRAMS = {
     "faulty": 7,
     "sleeper": 8,
     "all": 9,
+    # only in the CONTAINERS build's user image (vm.containers.CONTAINER_PROGRAMS)
+    "hostname": 10,
+    "rename": 11,
+    "snoop": 12,
+    "scribble": 13,
+    "hog": 14,
+    "crasher": 15,
 }
 WORKLOADS = ("compute", "syscalls", "spawn", "pagetable", "io", "faulty", "sleeper", "all")
 

@@ -17,6 +17,9 @@ SYS_SPAWN   equ 5
 SYS_WAIT    equ 6
 SYS_MAP     equ 7
 SYS_UNMAP   equ 8
+SYS_KILL        equ 9                   ; (the CONTAINERS kernel's)
+SYS_SETHOSTNAME equ 10
+SYS_GETHOSTNAME equ 11
 
 PROGRAM_CHILD equ 6
 MAP_BASE    equ 0x404000                ; first address map() accepts
@@ -32,6 +35,8 @@ programs:
     dd faulty                           ; 7
     dd sleeper                          ; 8
     dd all_workloads                    ; 9
+; (programs 10 and up, the CONTAINERS build's, are in a table of their own after the
+; rest, so that every program above is where it is in every build)
 
 %macro sys 1
     mov eax, %1
@@ -311,3 +316,174 @@ msg_map_failed:     db "pagetable: map failed", 10, 0
 msg_io:             db "io: line ", 0
 msg_faulty:         db "faulty: touching kernel memory", 10, 0
 msg_sleeper:        db "sleeper: slept and yielded", 10, 0
+%ifdef CONTAINERS
+; ---- the programs of the CONTAINERS build ---------------------------------------------------------
+CONTAINER_PROGRAMS equ 0x800            ; their table's offset in the image (toyos.asm knows it)
+    times CONTAINER_PROGRAMS - ($ - $$) db 0
+container_programs:
+    ; namespaces, and a container trying to get out of its own
+    dd hostname                         ; 10
+    dd rename                           ; 11
+    dd snoop                            ; 12
+    dd scribble                         ; 13
+    dd hog                              ; 14
+    dd crasher                          ; 15
+
+; ---- hostname: its container's host name, before and after a wait -----------------------------
+hostname:
+    call print_hostname
+    mov ebx, 3
+    sys SYS_SLEEP
+    call print_hostname
+    mov ebx, 0
+    sys SYS_EXIT
+
+; ---- rename: sets its container's host name ------------------------------------------------
+rename:
+    mov ebx, new_hostname
+    mov ecx, new_hostname_end - new_hostname
+    sys SYS_SETHOSTNAME
+    call print_hostname
+    mov ebx, 0
+    sys SYS_EXIT
+
+; print_hostname: "hostname: NAME" and a new line.
+print_hostname:
+    sub esp, 36
+    mov ebx, esp
+    mov ecx, 32
+    sys SYS_GETHOSTNAME
+    cmp eax, 0
+    jge .got
+    xor eax, eax
+.got:
+    mov byte [esp + eax], 0
+    mov esi, msg_hostname
+    call puts
+    mov esi, esp
+    call puts
+    call newline
+    add esp, 36
+    ret
+
+; ---- snoop: tries to reach beyond its container ---------------------------------------------
+; kill and wait for every pid but its own (another container's processes have none here),
+; hand the kernel kernel addresses, then read memory that is not its own (killed there).
+snoop:
+    sys SYS_GETPID
+    mov ebp, eax
+    xor edi, edi                        ; calls that got through
+    mov esi, 1
+.pid:
+    cmp esi, ebp
+    je .next
+    mov ebx, esi
+    sys SYS_KILL
+    cmp eax, 0
+    jne .wait
+    inc edi
+.wait:
+    mov ebx, esi
+    sys SYS_WAIT
+    cmp eax, -1
+    je .next
+    inc edi
+.next:
+    inc esi
+    cmp esi, 64
+    jbe .pid
+    mov esi, msg_snoop_pids
+    call puts
+    mov eax, edi
+    call putdec
+    call newline
+    xor edi, edi                        ; kernel addresses the kernel took
+    mov ebx, 0x101000
+    mov ecx, 16
+    sys SYS_WRITE
+    cmp eax, -1
+    je .hostname
+    inc edi
+.hostname:
+    mov ebx, 0x1000
+    mov ecx, 8
+    sys SYS_SETHOSTNAME
+    cmp eax, -1
+    je .gethostname
+    inc edi
+.gethostname:
+    mov ebx, 0x400000                   ; (its own code: read-only)
+    mov ecx, 8
+    sys SYS_GETHOSTNAME
+    cmp eax, -1
+    je .memory
+    inc edi
+.memory:
+    mov esi, msg_snoop_kernel
+    call puts
+    mov eax, edi
+    call putdec
+    call newline
+    mov esi, msg_snoop_memory
+    call puts
+    mov eax, [0x100000]                 ; the frames other processes use: not mapped here
+    mov ebx, 0
+    sys SYS_EXIT
+
+; ---- scribble: writes the console port itself -------------------------------------------------
+scribble:
+    mov esi, msg_scribble
+    call puts
+    mov al, '!'
+    out 0xe9, al                        ; ring 3, IOPL 0: #GP, and it is killed
+    mov ebx, 0
+    sys SYS_EXIT
+
+; ---- hog: maps pages until the kernel refuses --------------------------------------------------
+hog:
+    mov edi, MAP_BASE
+    xor ebp, ebp
+.map:
+    mov ebx, edi
+    mov ecx, 1                          ; a page at a time
+    sys SYS_MAP
+    test eax, eax
+    jnz .refused
+    mov dword [edi], 1
+    inc ebp
+    add edi, 0x1000
+    cmp edi, 0x7ff000
+    jb .map
+.refused:
+    mov esi, msg_hog
+    call puts
+    mov eax, ebp
+    call putdec
+    mov esi, msg_hog_refused
+    call puts
+    mov ebx, 0
+    sys SYS_EXIT
+
+; ---- crasher: hands the kernel a buffer that is not mapped --------------------------------------
+; toyos's write checks the buffer is in user space, not that it is mapped: the kernel's own
+; page fault is a kernel panic, and one kernel means every container goes down with it.
+crasher:
+    mov esi, msg_crasher
+    call puts
+    mov ebx, 0x500000
+    mov ecx, 16
+    sys SYS_WRITE
+    mov ebx, 0
+    sys SYS_EXIT
+
+msg_hostname:       db "hostname: ", 0
+new_hostname:       db "renamed"
+new_hostname_end:
+msg_snoop_pids:     db "snoop: kill or wait got through to other pids: ", 0
+msg_snoop_kernel:   db "snoop: kernel addresses the kernel took: ", 0
+msg_snoop_memory:   db "snoop: reading memory that is not mine", 10, 0
+msg_scribble:       db "scribble: writing the console port myself", 10, 0
+msg_hog:            db "hog: mapped ", 0
+msg_hog_refused:    db " pages, then the kernel refused", 10, 0
+msg_crasher:        db "crasher: handing the kernel an unmapped buffer", 10, 0
+%endif

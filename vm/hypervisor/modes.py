@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from vm.cpu.cost import CostModel
 from vm.hypervisor.binary_translation import BinaryTranslationVM
+from vm.hypervisor.containers import ContainersVM
 from vm.hypervisor.native import BareMetalVM
 from vm.hypervisor.paravirt import ParavirtVM
 from vm.hypervisor.trap_emulate import TrapEmulateVM
@@ -51,11 +52,16 @@ def _paravirt(machine: Machine, ram_size: int, cost: CostModel, name: str, text,
     return ParavirtVM(machine, ram_size, cost, name)
 
 
+def _containers(machine: Machine, ram_size: int, cost: CostModel, name: str, text, **o):
+    return ContainersVM(machine, cost, name, o["containers"])
+
+
 # The toyos builds, by name: the %defines each is assembled with.
 KERNELS = {
     "native": (),  # privileged instructions: for bare metal (and full virtualization)
     "paravirt": ("PARAVIRT",),  # hypercalls instead: for the paravirtual VMM
     "pvops": ("PVOPS",),  # one binary for both: patches itself at boot (paravirt_ops)
+    "containers": ("CONTAINERS",),  # native, with containers: for the containers mode
 }
 
 
@@ -92,6 +98,15 @@ MODE_TABLE: dict[str, Mode] = {
             _paravirt,
             frozenset({"batch"}),
             "paravirt",
+        ),
+        Mode(
+            "containers",
+            "OS-level virtualization: containers on one shared kernel, no VMM (OpenVZ's way)",
+            0,
+            _containers,
+            frozenset({"containers"}),
+            "containers",
+            tenants="containers",
         ),
     )
 }
