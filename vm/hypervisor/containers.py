@@ -159,7 +159,7 @@ class ContainersVM(BareMetalVM):
     """The CONTAINERS kernel on bare metal, with the control device and console streams."""
 
     mode = "containers"
-    ring_roles = ((0, "the one shared kernel"), (3, "every container's processes"))
+    ring_roles = ((0, "guest kernel (one, shared by every container)"), (3, "guest user"))
 
     def __init__(
         self, machine: Machine, cost: CostModel = DEFAULT, name: str = "vm", containers=()
