@@ -142,6 +142,10 @@ STREAM_PORT     equ 0xea                ; OUT: whose console the next bytes are 
 RECORD_REPLY    equ 1
 RECORD_REPORT   equ 2
 MAX_REQUESTS    equ 32                  ; served at one poll
+; the user image's programs (vm/guest/user.asm): 10 and up have a table of their own
+FIRST_CONTAINER_PROGRAM equ 10
+PROGRAM_COUNT   equ 16
+CONTAINER_PROGRAM_TABLE equ USER_IMAGE + 0x800
 %else
 %define PROCS_END procs + P_SIZE * MAX_PROCS
 %define PROC_SLOTS MAX_PROCS
@@ -963,6 +967,10 @@ sys_sleep:
 
 sys_spawn:
     mov ebx, [ebp+F_EBX]            ; program
+%ifdef CONTAINERS
+    cmp ebx, PROGRAM_COUNT          ; (one the image has: no kernel fault for a bad number)
+    jae .bad
+%endif
     mov ecx, [ebp+F_ECX]            ; its argument
     mov edx, [current]
 %ifdef CONTAINERS
@@ -972,6 +980,11 @@ sys_spawn:
     call create_process
     mov [ebp+F_EAX], eax
     jmp return_to_process
+%ifdef CONTAINERS
+.bad:
+    mov dword [ebp+F_EAX], -1
+    jmp return_to_process
+%endif
 
 sys_wait:
     mov eax, [ebp+F_EBX]
@@ -1208,10 +1221,6 @@ create_process:
 
 ; The entry points of the user programs: the user image starts with their table.
 USER_BASE_PHYS_TABLE equ USER_IMAGE
-%ifdef CONTAINERS
-FIRST_CONTAINER_PROGRAM equ 10          ; (programs 10 and up: their own table, at 0x800)
-CONTAINER_PROGRAM_TABLE equ USER_IMAGE + 0x800
-%endif
 
 ; exit_current: EAX = exit code. Frees the address space, wakes a waiting parent, and
 ; schedules another process. Never returns.
@@ -1378,6 +1387,8 @@ user_buffer:
     push edi
     cmp esi, USER_BASE
     jb .bad
+    cmp esi, USER_END
+    jae .bad
     lea eax, [esi+ecx]
     cmp eax, USER_END
     ja .bad
@@ -1694,6 +1705,8 @@ control_start:
     cmp dword [ecx+C_STATE], C_CREATED
     jne .bad
     in eax, CONTROL_DATA            ; the program
+    cmp eax, PROGRAM_COUNT
+    jae .bad
     mov [spawn_container], ecx
     mov dword [ecx+C_STATE], C_RUNNING
     inc dword [running_containers]
@@ -1721,6 +1734,8 @@ control_exec:
     jne .bad
     mov [spawn_container], ecx
     in eax, CONTROL_DATA
+    cmp eax, PROGRAM_COUNT
+    jae .bad
     mov ebx, eax
     in eax, CONTROL_DATA
     mov ecx, eax
