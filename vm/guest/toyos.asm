@@ -795,10 +795,10 @@ timer_interrupt:
     mov ebx, [current]              ; the tick is charged to the current container
     mov eax, [ebx+P_CONTAINER]
     test eax, eax
-    jz .served
+    jz .charged                     ; (the idle loop: nobody's)
     inc dword [eax+C_TICKS]
     dec dword [eax+C_CREDIT]
-.served:
+.charged:
     call serve_control              ; the host's requests
     mov ebx, [current]
     cmp dword [ebx+P_KILLED], 0     ; its container was stopped: it dies now
