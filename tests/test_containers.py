@@ -154,6 +154,15 @@ def test_a_spawn_past_the_memory_limit_is_refused():
     assert guest.consoles[2] == alone_natively("syscalls")
 
 
+def run_until_a_report(guest, slices: int = 2_000) -> None:
+    """Run until the kernel reports a container stopped (at most ``slices`` slices)."""
+    for _ in range(slices):
+        if guest.containers.reports or guest.vm.stopped is not None:
+            break
+        guest.run(200_000)
+    assert guest.containers.reports, guest.status
+
+
 def share_of_cpu(weights: tuple[int, int]) -> tuple[float, float]:
     """Two containers run compute with these weights: the CPU the first got over the
     second's until the first finished, measured in cycles (the first's work is what it
@@ -166,8 +175,7 @@ def share_of_cpu(weights: tuple[int, int]) -> tuple[float, float]:
         containers=[{"workload": "compute", "weight": w} for w in weights],
     )
     rt = guest.containers
-    while not rt.reports:
-        guest.run(200_000)
+    run_until_a_report(guest)
     first = rt.reports[0]
     assert first.id == 1
     second = rt.stats(2)  # (answered at the next tick)
@@ -195,8 +203,7 @@ def test_more_processes_do_not_get_a_container_more_than_its_weight():
     rt = guest.containers
     pids = [rt.exec(1, "compute"), rt.exec(1, "compute")]
     assert len(set(pids)) == 2 and 1 not in pids  # (pids of container 1's namespace)
-    while not rt.reports:
-        guest.run(200_000)
+    run_until_a_report(guest)
     second = rt.reports[0]
     assert second.id == 2 and second.exit_code == 0
     assert abs(second.cycle / (2 * work) - 1) <= 0.10, second.cycle / work
