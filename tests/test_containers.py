@@ -244,7 +244,8 @@ def test_bad_arguments_get_clear_errors():
         ({"containers": [{"workload": "io", "hostname": "x" * 33}]}, "hostname"),
         ({"containers": [{"workload": "io", "cpu": 2}]}, "no field 'cpu'"),
         ({"containers": [3]}, "a workload's name"),
-        ({"containers": ["io"] * 17}, "from 1 to 16"),
+        ({"containers": ["io"] * 17}, "from 1 to 16, not more"),
+        ({"containers": []}, "from 1 to 16, not none"),
     ]
     for options, message in cases:
         with pytest.raises(ValueError, match=message):
