@@ -146,6 +146,16 @@ MAX_REQUESTS    equ 32                  ; served at one poll
 FIRST_CONTAINER_PROGRAM equ 10
 PROGRAM_COUNT   equ 16
 CONTAINER_PROGRAM_TABLE equ USER_IMAGE + 0x800
+
+; console_stream: the console stream EAX is written next (0: the kernel's own); the port
+; is written only when the stream changes.
+%macro console_stream 0
+    cmp eax, [stream]
+    je %%same
+    mov [stream], eax
+    out STREAM_PORT, al
+%%same:
+%endmacro
 %else
 %define PROCS_END procs + P_SIZE * MAX_PROCS
 %define PROC_SLOTS MAX_PROCS
@@ -772,7 +782,7 @@ exception:
 %ifdef CONTAINERS
     mov eax, [ebx+P_CONTAINER]      ; said on its container's console, by its own pid
     mov eax, [eax+C_ID]
-    out STREAM_PORT, al
+    console_stream
     kprint msg_killed_1, [ebx+P_VPID], kputdec
 %else
     kprint msg_killed_1, [ebx+P_PID], kputdec
@@ -781,10 +791,6 @@ exception:
     kprint msg_killed_3, [ebp+F_EIP], kputhex
     mov al, 10
     call kputc
-%ifdef CONTAINERS
-    xor eax, eax                    ; (the kernel's own stream again)
-    out STREAM_PORT, al
-%endif
     mov eax, -1
     jmp exit_current
 
@@ -931,7 +937,7 @@ sys_write:
     mov ebx, [current]              ; onto the caller's container's console
     mov eax, [ebx+P_CONTAINER]
     mov eax, [eax+C_ID]
-    out STREAM_PORT, al
+    console_stream
 %endif
     op console_write
     irq_restore                     ; spin_unlock_irqrestore(&console_lock)
@@ -1873,7 +1879,7 @@ kputdec:                            ; EAX, unsigned, in decimal
 %ifdef CONTAINERS
 %macro kernel_console 0                 ; the kernel's own stream, whoever wrote last
     xor eax, eax
-    out STREAM_PORT, al
+    console_stream
 %endmacro
 %else
 %macro kernel_console 0
@@ -2322,6 +2328,7 @@ procs:          times MAX_PROCS * P_SIZE db 0
 %ifdef CONTAINERS
 containers:     times MAX_CONTAINERS * C_SIZE db 0
 running_containers: dd 0
+stream:         dd 0                ; the console stream the port was told last
 spawn_container: dd 0               ; the container create_process puts a process in
 procs_end:      dd procs + P_SIZE   ; past the highest slot used (the idle loop's, at first)
 proc_slots:     dd 1                ; slots up to there
