@@ -23,6 +23,7 @@ request waits; after that, ``stats`` and ``list`` give what it last said.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 
@@ -57,7 +58,9 @@ class ContainerSpec:
 
     workload: str  # a program of PROGRAMS_IN_CONTAINERS
     weight: int = 1  # CPU weight: under contention, CPU in proportion to it
-    memory_limit: int = 0  # 4 KiB pages its processes may hold (0: no limit)
+    # 4 KiB frames its processes may hold (0: no limit): 4 for each process (its page
+    # directory, page table, stack and kernel stack) and one for each page it maps
+    memory_limit: int = 0
     hostname: str = ""  # its host name ("" : ct<id>)
 
 
@@ -151,9 +154,11 @@ def container_specs(containers: object) -> tuple[ContainerSpec, ...]:
         containers = [containers]
     if not isinstance(containers, Iterable):
         raise ValueError("containers must be a list of workloads, dicts or ContainerSpecs")
-    specs = tuple(container_spec(c, f"containers[{i}]") for i, c in enumerate(containers))
+    listed = list(itertools.islice(containers, MAX_CONTAINERS + 1))  # (never endless)
+    specs = tuple(container_spec(c, f"containers[{i}]") for i, c in enumerate(listed))
     if not 1 <= len(specs) <= MAX_CONTAINERS:
-        raise ValueError(f"containers must list from 1 to {MAX_CONTAINERS}, not {len(specs)}")
+        given = "more" if len(specs) > MAX_CONTAINERS else "none"
+        raise ValueError(f"containers must list from 1 to {MAX_CONTAINERS}, not {given}")
     return specs
 
 

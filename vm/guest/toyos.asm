@@ -143,6 +143,20 @@ STREAM_PORT     equ 0xea                ; OUT: whose console the next bytes are 
 RECORD_REPLY    equ 1
 RECORD_REPORT   equ 2
 MAX_REQUESTS    equ 32                  ; served at one poll
+; the user image's programs (vm/guest/user.asm): 10 and up have a table of their own
+FIRST_CONTAINER_PROGRAM equ 10
+PROGRAM_COUNT   equ 16
+CONTAINER_PROGRAM_TABLE equ USER_IMAGE + 0x800
+
+; console_stream: the console stream EAX is written next (0: the kernel's own); the port
+; is written only when the stream changes.
+%macro console_stream 0
+    cmp eax, [stream]
+    je %%same
+    mov [stream], eax
+    out STREAM_PORT, al
+%%same:
+%endmacro
 %else
 %define PROCS_END procs + P_SIZE * MAX_PROCS
 %define PROC_SLOTS MAX_PROCS
@@ -777,7 +791,7 @@ exception:
 %ifdef CONTAINERS
     mov eax, [ebx+P_CONTAINER]      ; said on its container's console, by its own pid
     mov eax, [eax+C_ID]
-    out STREAM_PORT, al
+    console_stream
     kprint msg_killed_1, [ebx+P_VPID], kputdec
 %else
     kprint msg_killed_1, [ebx+P_PID], kputdec
@@ -786,10 +800,6 @@ exception:
     kprint msg_killed_3, [ebp+F_EIP], kputhex
     mov al, 10
     call kputc
-%ifdef CONTAINERS
-    xor eax, eax                    ; (the kernel's own stream again)
-    out STREAM_PORT, al
-%endif
     mov eax, -1
     jmp exit_current
 
@@ -800,10 +810,10 @@ timer_interrupt:
     mov ebx, [current]              ; the tick is charged to the current container
     mov eax, [ebx+P_CONTAINER]
     test eax, eax
-    jz .served
+    jz .charged                     ; (the idle loop: nobody's)
     inc dword [eax+C_TICKS]
     dec dword [eax+C_CREDIT]
-.served:
+.charged:
     call serve_control              ; the host's requests
     mov ebx, [current]
     cmp dword [ebx+P_KILLED], 0     ; its container was stopped: it dies now
@@ -936,7 +946,7 @@ sys_write:
     mov ebx, [current]              ; onto the caller's container's console
     mov eax, [ebx+P_CONTAINER]
     mov eax, [eax+C_ID]
-    out STREAM_PORT, al
+    console_stream
 %endif
     op console_write
     irq_restore                     ; spin_unlock_irqrestore(&console_lock)
@@ -972,6 +982,10 @@ sys_sleep:
 
 sys_spawn:
     mov ebx, [ebp+F_EBX]            ; program
+%ifdef CONTAINERS
+    cmp ebx, PROGRAM_COUNT          ; (one the image has: no kernel fault for a bad number)
+    jae .bad
+%endif
     mov ecx, [ebp+F_ECX]            ; its argument
     mov edx, [current]
 %ifdef CONTAINERS
@@ -981,6 +995,11 @@ sys_spawn:
     call create_process
     mov [ebp+F_EAX], eax
     jmp return_to_process
+%ifdef CONTAINERS
+.bad:
+    mov dword [ebp+F_EAX], -1
+    jmp return_to_process
+%endif
 
 sys_wait:
     mov eax, [ebp+F_EBX]
@@ -1299,10 +1318,6 @@ create_process:
 
 ; The entry points of the user programs: the user image starts with their table.
 USER_BASE_PHYS_TABLE equ USER_IMAGE
-%ifdef CONTAINERS
-FIRST_CONTAINER_PROGRAM equ 10          ; (programs 10 and up: their own table, at 0x800)
-CONTAINER_PROGRAM_TABLE equ USER_IMAGE + 0x800
-%endif
 
 ; exit_current: EAX = exit code. Frees the address space, wakes a waiting parent, and
 ; schedules another process. Never returns.
@@ -1469,6 +1484,8 @@ user_buffer:
     push edi
     cmp esi, USER_BASE
     jb .bad
+    cmp esi, USER_END
+    jae .bad
     lea eax, [esi+ecx]
     cmp eax, USER_END
     ja .bad
@@ -1785,6 +1802,8 @@ control_start:
     cmp dword [ecx+C_STATE], C_CREATED
     jne .bad
     in eax, CONTROL_DATA            ; the program
+    cmp eax, PROGRAM_COUNT
+    jae .bad
     mov [spawn_container], ecx
     mov dword [ecx+C_STATE], C_RUNNING
     inc dword [running_containers]
@@ -1812,6 +1831,8 @@ control_exec:
     jne .bad
     mov [spawn_container], ecx
     in eax, CONTROL_DATA
+    cmp eax, PROGRAM_COUNT
+    jae .bad
     mov ebx, eax
     in eax, CONTROL_DATA
     mov ecx, eax
@@ -1949,7 +1970,7 @@ kputdec:                            ; EAX, unsigned, in decimal
 %ifdef CONTAINERS
 %macro kernel_console 0                 ; the kernel's own stream, whoever wrote last
     xor eax, eax
-    out STREAM_PORT, al
+    console_stream
 %endmacro
 %else
 %macro kernel_console 0
@@ -2398,6 +2419,7 @@ procs:          times MAX_PROCS * P_SIZE db 0
 %ifdef CONTAINERS
 containers:     times MAX_CONTAINERS * C_SIZE db 0
 running_containers: dd 0
+stream:         dd 0                ; the console stream the port was told last
 spawn_container: dd 0               ; the container create_process puts a process in
 procs_end:      dd procs + P_SIZE   ; past the highest slot used (the idle loop's, at first)
 proc_slots:     dd 1                ; slots up to there

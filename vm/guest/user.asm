@@ -368,7 +368,8 @@ print_hostname:
 
 ; ---- snoop: tries to reach beyond its container ---------------------------------------------
 ; kill and wait for every pid but its own (another container's processes have none here),
-; hand the kernel kernel addresses, then read memory that is not its own (killed there).
+; hand the kernel bad pointers and a bad program number, then read memory that is not its
+; own (it is killed there).
 snoop:
     sys SYS_GETPID
     mov ebp, eax
@@ -415,6 +416,20 @@ snoop:
     mov ebx, 0x400000                   ; (its own code: read-only)
     mov ecx, 8
     sys SYS_GETHOSTNAME
+    cmp eax, -1
+    je .wrap
+    inc edi
+.wrap:
+    mov ebx, 0xfffffff0                 ; (a buffer that wraps around the top)
+    mov ecx, 32
+    sys SYS_GETHOSTNAME
+    cmp eax, -1
+    je .program
+    inc edi
+.program:
+    mov ebx, 0x40000000                 ; (a program number far past the table)
+    mov ecx, 0
+    sys SYS_SPAWN
     cmp eax, -1
     je .memory
     inc edi
@@ -480,7 +495,7 @@ msg_hostname:       db "hostname: ", 0
 new_hostname:       db "renamed"
 new_hostname_end:
 msg_snoop_pids:     db "snoop: kill or wait got through to other pids: ", 0
-msg_snoop_kernel:   db "snoop: kernel addresses the kernel took: ", 0
+msg_snoop_kernel:   db "snoop: bad pointers and numbers the kernel took: ", 0
 msg_snoop_memory:   db "snoop: reading memory that is not mine", 10, 0
 msg_scribble:       db "scribble: writing the console port myself", 10, 0
 msg_hog:            db "hog: mapped ", 0
