@@ -345,6 +345,11 @@ class Guest:
         (3, "guest user")) under trap-and-emulate."""
         return self.vm.ring_roles
 
+    def control_structure(self) -> object | None:
+        """The hardware's control structure (a VMCS, vm.cpu.vmcs) when the guest runs in
+        VMX non-root mode (hw-assist); None in every other mode."""
+        return self.vm.control_structure()
+
     def exit_table(self) -> str:
         """The mode's exit table: which exit goes to which handler, and why."""
         return self.vm.describe_exit_table()

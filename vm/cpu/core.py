@@ -460,6 +460,16 @@ def fetch(mem, state, eip, user, have):
     return scratch_at, have + n
 
 
+@jit(types.none(State, i64, i64))
+def exception_exit(state, vector, error):
+    """Record an exception that exits (the exception bitmap names it): its vector and
+    error code, and for a #PF the address as the qualification (as VT-x gives it)."""
+    state[EXIT_VECTOR] = vector
+    state[EXIT_ERROR] = error
+    if vector == VECTOR_PF:
+        state[EXIT_QUALIFICATION] = state[CR2]
+
+
 @jit(i64(i64, b1))
 def vectoring_info(vector, software):
     """VT-x's IDT-vectoring information for an event being delivered (no error bit)."""
@@ -494,8 +504,7 @@ def deliver_event(mem, state, vector, error, return_eip, flags, software, instru
         error = state[FAULT_ERROR]
         state[VECTOR_COUNTS + vector] += 1
         if (state[EXC_EXIT_BITMAP] >> vector) & 1:
-            state[EXIT_VECTOR] = vector
-            state[EXIT_ERROR] = error
+            exception_exit(state, vector, error)
             return EVENT_EXIT, instruction_eip, flags
         ok, new_eip, new_flags = deliver(mem, state, vector, error, instruction_eip, flags, False)
         if ok:
@@ -508,8 +517,7 @@ def deliver_event(mem, state, vector, error, return_eip, flags, software, instru
         return EVENT_SHUTDOWN, return_eip, flags
     state[VECTOR_COUNTS + VECTOR_DF] += 1
     if (state[EXC_EXIT_BITMAP] >> VECTOR_DF) & 1:
-        state[EXIT_VECTOR] = VECTOR_DF
-        state[EXIT_ERROR] = 0
+        exception_exit(state, VECTOR_DF, 0)
         return EVENT_EXIT, return_eip, flags
     ok, new_eip, new_flags = deliver(mem, state, VECTOR_DF, 0, return_eip, flags, False)
     if ok:
@@ -543,10 +551,7 @@ def raise_event(mem, state, vector, error, return_eip, flags, software, instruct
                 state[EXIT_ERROR] = error
                 return EVENT_SOFTWARE_EXIT, return_eip, flags
     elif vector < 32 and (state[EXC_EXIT_BITMAP] >> vector) & 1:
-        state[EXIT_VECTOR] = vector
-        state[EXIT_ERROR] = error
-        if vector == VECTOR_PF:  # (VT-x: a #PF exit's qualification is the address)
-            state[EXIT_QUALIFICATION] = state[CR2]
+        exception_exit(state, vector, error)
         return EVENT_EXIT, return_eip, flags
     return deliver_event(mem, state, vector, error, return_eip, flags, software, instruction_eip)
 

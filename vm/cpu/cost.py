@@ -32,10 +32,6 @@ BUGNION_NIEH_TSAFRIR = (
 )
 ILLUSTRATIVE = "vmlab's illustrative figure (no published measurement used)"
 ESTIMATE = "vmlab's estimate (no published measurement for this generation)"
-BHARGAVA = (
-    "R. Bhargava, B. Serebrin, F. Spadini and S. Manne, 'Accelerating Two-Dimensional Page "
-    "Walks for Virtualized Systems', ASPLOS 2008"
-)
 
 
 @dataclass(frozen=True)
@@ -52,7 +48,6 @@ class CostModel:
     emulation: int = 500  # decode and emulate one instruction in the VMM
     bt_callout: int = 391  # a binary-translated callout instead of a trap (ptemod, BT)
     hypercall_item: int = 150  # the VMM's work per request of a batched hypercall
-    nested_page_walk: int = 120  # a TLB miss under nested paging: the two-dimensional walk
     sources: tuple[tuple[str, str], ...] = ()
     cpu: str = ""  # the processor generation the figures describe
     nested_paging: bool = False  # the generation has EPT/NPT (hardware walks guest tables)
@@ -87,7 +82,6 @@ COST_FIGURES = (
     "emulation",
     "bt_callout",
     "hypercall_item",
-    "nested_page_walk",
 )
 
 # Figures no paper gives by generation. They are the same in every preset, so a program's
@@ -99,12 +93,6 @@ _BASE_SOURCES = (
     ("io", ILLUSTRATIVE),
     ("emulation", ILLUSTRATIVE),
     ("hypercall_item", ILLUSTRATIVE),
-    (
-        "nested_page_walk",
-        f"vmlab's estimate from {BHARGAVA}: a two-dimensional walk of n-level guest tables "
-        "over m-level nested tables makes (n+1)(m+1)-1 memory references; two levels in "
-        "each dimension make 8 against a native walk's 2, so 4 x page_walk = 120",
-    ),
 )
 # Adams & Agesen measured ptemod (a guest page-table write) on their Pentium 4 672 (a
 # Prescott core): 391 cycles under binary translation, 12,733 under the hardware VMM.

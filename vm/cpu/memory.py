@@ -15,6 +15,13 @@ linear -> host-physical translation. An address the nested tables refuse is a ne
 fault: the exit NESTED_PAGE_FAULT with the guest-physical and linear addresses and a
 qualification (``nested_fault``), never an exception the guest sees.
 
+What a walk costs is counted in walks (STAT_PAGE_WALKS, each charged COST_PAGE_WALK):
+a two-level walk of the guest's tables is one, and so is each walk of the nested tables
+that the nested paging-structure cache does not spare. With 4 KiB nested pages a 2D
+walk is four (the (n+1)(m+1)-1 = 8 memory references of Bhargava et al., ASPLOS 2008,
+against a native walk's 2); with 4 MiB nested pages, as KVM backs a guest with huge
+pages where it can, the cache holds them and a 2D walk costs what a native one does.
+
 A failed access records its exception in the state's FAULT slots (#PF with CR2 and the
 error code, #GP(0) outside the window, or VECTOR_NPF) and returns -1; the caller
 abandons the instruction. Values are int64 in 0..2**32-1, so -1 can mean "faulted".
@@ -41,6 +48,8 @@ from vm.cpu.state import (
     FAULT_VECTOR,
     MEM_BASE,
     MEM_SIZE,
+    NESTED_CACHE_ENTRY,
+    NESTED_CACHE_TAG,
     NPF_ENTRY_PRESENT,
     NPF_ENTRY_WRITABLE,
     NPF_FINAL,
@@ -69,6 +78,8 @@ PTE_WRITE = 0x02
 PTE_USER = 0x04
 PTE_ACCESSED = 0x20
 PTE_DIRTY = 0x40
+PDE_LARGE = 0x80  # (nested tables) PS: the directory entry maps a 4 MiB page
+LARGE_MASK = 0xFFC00000
 
 # #PF error-code bits.
 PF_PRESENT = 1  # the page was present: a protection violation
@@ -139,17 +150,36 @@ def nested_translate(mem, state, gpa, lin, write, final):
     page fault, recorded). ``final``: the page itself, not a guest page-table entry.
 
     The nested tables have the two-level format of the guest's (P, R/W; A and D set as
-    EPT's accessed and dirty flags are); every address in them is checked against the
-    window, and one outside it is a fault too (EPT's misconfiguration)."""
+    EPT's accessed and dirty flags are), and a directory entry with PS maps 4 MiB (kept
+    in the nested paging-structure cache); every address in them is checked against
+    the window, and one outside it is a fault too (EPT's misconfiguration)."""
     access = NPF_READ | (NPF_WRITE if write else 0) | (NPF_FINAL if final else 0)
     base = state[MEM_BASE]
     memsize = state[MEM_SIZE]
-    pde_at = (state[EPT_POINTER] & PAGE_MASK) + ((gpa >> 22) << 2)
-    if pde_at + 4 > memsize:
-        return nested_fault(state, gpa, lin, access | NPF_MISCONFIGURED)
-    pde = load(mem, base + pde_at, 4)
-    if not pde & PTE_PRESENT:
-        return nested_fault(state, gpa, lin, access)
+    tag = (gpa >> 22) & 0x3FF
+    pde_at = (state[EPT_POINTER] & PAGE_MASK) + (tag << 2)
+    if state[NESTED_CACHE_TAG] == tag:  # the cache holds this 4 MiB: no walk
+        pde = state[NESTED_CACHE_ENTRY]
+    else:
+        state[STAT_PAGE_WALKS] += 1  # a walk of the nested tables
+        if pde_at + 4 > memsize:
+            return nested_fault(state, gpa, lin, access | NPF_MISCONFIGURED)
+        pde = load(mem, base + pde_at, 4)
+        if not pde & PTE_PRESENT:
+            return nested_fault(state, gpa, lin, access)
+    if pde & PDE_LARGE:  # a 4 MiB nested page
+        writable = (pde & PTE_WRITE) != 0
+        if write and not writable:
+            return nested_fault(state, gpa, lin, access | NPF_ENTRY_PRESENT)
+        page = (pde & LARGE_MASK) + (gpa & 0x3FF000)
+        if page + 4096 > memsize or pde_at + 4 > memsize:
+            return nested_fault(state, gpa, lin, access | NPF_ENTRY_PRESENT | NPF_MISCONFIGURED)
+        new = pde | PTE_ACCESSED | (PTE_DIRTY if write else 0)
+        if new != pde:
+            store(mem, base + pde_at, 4, new)
+        state[NESTED_CACHE_TAG] = tag
+        state[NESTED_CACHE_ENTRY] = new
+        return page | (1 if writable and new & PTE_DIRTY else 0)
     pte_at = (pde & PAGE_MASK) + (((gpa >> 12) & 0x3FF) << 2)
     if pte_at + 4 > memsize:
         return nested_fault(state, gpa, lin, access | NPF_MISCONFIGURED)
@@ -180,7 +210,6 @@ def walk_nested(mem, state, lin, write, user):
 
     Guest page-table entries are read and their A/D bits set through the nested tables
     (accesses to them count as writes there, as with EPT's A/D flags on)."""
-    state[STAT_PAGE_WALKS] += 1
     base = state[MEM_BASE]
     slot = (lin >> 12) & (TLB_ENTRIES - 1)
     if not state[CR0] & CR0_PG:  # the guest's paging is off: guest-physical = linear
@@ -193,6 +222,7 @@ def walk_nested(mem, state, lin, write, user):
         state[TLB_TAGS + slot] = lin >> 12
         state[TLB_VALUES + slot] = value
         return host & PAGE_MASK
+    state[STAT_PAGE_WALKS] += 1  # the guest's walk (the nested ones count themselves)
     error = (PF_WRITE if write else 0) | (PF_USER if user else 0)
     pde_gpa = (state[CR3] & PAGE_MASK) + ((lin >> 22) << 2)
     host = nested_translate(mem, state, pde_gpa & PAGE_MASK, lin, True, False)
@@ -372,8 +402,9 @@ def write32(mem, state, lin, value, user):
 
 @jit(types.none(State))
 def flush_tlb(state):
-    """Forget every translation (a CR3 write)."""
+    """Forget every translation (a CR3 write), the nested paging-structure cache's too."""
     state[STAT_TLB_FLUSHES] += 1
+    state[NESTED_CACHE_TAG] = -1
     for slot in range(TLB_ENTRIES):
         state[TLB_TAGS + slot] = -1
 

@@ -113,6 +113,10 @@ EXIT_GUEST_LINEAR = 80  # NESTED_PAGE_FAULT: the guest linear address (when the 
 EXIT_GUEST_PHYSICAL = 81  # NESTED_PAGE_FAULT: the guest-physical address
 EXIT_VECTORING = 82  # IDT-vectoring information: the event being delivered when it exited
 EXIT_VECTORING_ERROR = 83  # ... its error code
+# The nested paging-structure cache: one 4 MiB nested page (a nested directory entry with
+# PS set) that a nested walk need not read again (tag: guest-physical >> 22, or -1).
+NESTED_CACHE_TAG = 84
+NESTED_CACHE_ENTRY = 85
 
 # Slot ranges after the registers: breakpoint addresses, then the cost table
 # (simulated cycles per form slot, see vm.isa.opcode_cost_table).
@@ -213,6 +217,7 @@ def new_state() -> np.ndarray:
     state[PIC_VECTOR_BASE] = 32
     state[TIMER_SCALE] = 1
     state[TLB_TAGS : TLB_TAGS + TLB_ENTRIES] = -1
+    state[NESTED_CACHE_TAG] = -1
     return state
 
 
@@ -240,7 +245,7 @@ SLOT_LAYOUT = (
     ("NON_ROOT", 1), ("EPT_POINTER", 1), ("CR0_GUEST_HOST_MASK", 1), ("CR0_READ_SHADOW", 1),
     ("ENTRY_INTERRUPTION", 1), ("ENTRY_ERROR", 1), ("EXIT_QUALIFICATION", 1),
     ("EXIT_GUEST_LINEAR", 1), ("EXIT_GUEST_PHYSICAL", 1), ("EXIT_VECTORING", 1),
-    ("EXIT_VECTORING_ERROR", 1),
+    ("EXIT_VECTORING_ERROR", 1), ("NESTED_CACHE_TAG", 1), ("NESTED_CACHE_ENTRY", 1),
     ("BREAKPOINTS", MAX_BREAKPOINTS), ("COST_TABLE", COST_TABLE_SIZE),
     ("VECTOR_COUNTS", 256), ("TLB_TAGS", TLB_ENTRIES), ("TLB_VALUES", TLB_ENTRIES),
 )  # fmt: skip
