@@ -1,7 +1,8 @@
 """`python -m vm`: run toyos in any mode, benchmark the core, or take a short tour.
 
-python -m vm run [--workload NAME] [--mode MODE] [--no-patch] [--compare] [--trace N]
-                 [--json] [--log N] [--budget N] [--preset PRESET]
+python -m vm run [--workload NAME] [--mode MODE] [--no-patch] [--paging KIND]
+                 [--console KIND] [--compare] [--trace N] [--json] [--log N] [--budget N]
+                 [--preset PRESET]
 python -m vm compare [--workload NAME ...] [--preset PRESET ...] [--json]
 python -m vm consolidate [--guests N] [--mode MODE] [--workload NAME ...] [--preset PRESET]
                          [--cycles N] [--json]
@@ -54,6 +55,18 @@ def main(argv: list[str] | None = None) -> int:
         "--no-batch",
         action="store_true",
         help="paravirt: one hypercall per page-table update, no multicalls (to compare)",
+    )
+    run.add_argument(
+        "--paging",
+        choices=("nested", "shadow"),
+        help="hw-assist: nested paging (EPT) or shadow paging (first-generation VT-x); "
+        "default: what the preset's processor has",
+    )
+    run.add_argument(
+        "--console",
+        choices=("emulated", "assigned"),
+        help="hw-assist: every console OUT exits (emulated, the default) or the console is "
+        "the guest's own (assigned through the I/O bitmap)",
     )
     run.add_argument(
         "--no-patch",
@@ -220,9 +233,17 @@ def run_command(args: argparse.Namespace) -> int:
         raise ValueError("--no-patch is for --mode trap-emulate")
     if args.no_batch and (args.compare or args.mode != "paravirt"):
         raise ValueError("--no-batch is for --mode paravirt (--compare shows both)")
+    if args.paging and (args.compare or args.mode != "hw-assist"):
+        raise ValueError("--paging is for --mode hw-assist (--compare shows both)")
+    if args.console and (args.compare or args.mode != "hw-assist"):
+        raise ValueError("--console is for --mode hw-assist")
     if args.compare:
         return compare_command(args, cost)
     options: dict[str, object] = {"patch": False} if args.no_patch else {}
+    if args.paging:
+        options["paging"] = args.paging
+    if args.console:
+        options["console"] = args.console
     if args.no_batch:
         options["batch"] = False
     guest = vm.boot(args.workload, args.mode, cost=cost, kernel=args.kernel, **options)
@@ -266,7 +287,12 @@ def compare_command(args: argparse.Namespace, cost) -> int:
     """One workload in every mode: a table side by side, or one JSON object keyed by mode."""
     import vm
 
-    runs = [(mode, mode, {}) for mode in MODES]
+    runs = []
+    for mode in MODES:
+        if mode == "hw-assist":  # (each kind of paging, a column each)
+            runs += [(f"{mode}/{kind}", mode, {"paging": kind}) for kind in ("nested", "shadow")]
+        else:
+            runs.append((mode, mode, {}))
     if (args.kernel or "paravirt") == "paravirt":  # (batching's effect, shown beside it)
         runs.append(("paravirt unbatched", "paravirt", {"batch": False}))
     results = {

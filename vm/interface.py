@@ -55,7 +55,9 @@ def boot(
     paravirtual kernel on bare metal, and the pv_ops one in both). Options a mode takes:
     ``patch=False`` (trap-emulate: leave POPF, PUSHF and IRET alone, and see x86's hole);
     ``batch=False`` (paravirt: one hypercall per page-table update and context switch, not
-    one multicall for several).
+    one multicall for several); ``paging="nested"`` or ``"shadow"`` (hw-assist: EPT, or
+    first-generation VT-x's shadow paging; default: what the preset's processor has) and
+    ``console="assigned"`` (hw-assist: the console's port I/O does not exit).
     """
     if isinstance(cost, str):
         cost = preset(cost)
@@ -181,6 +183,8 @@ class GuestView:
         )
         self.guest = CPUState(**vm.believed_state(self.hardware._asdict()))
         self.registers["eflags"] = self.guest.eflags
+        # the control structure (vm.cpu.vmcs.VMCS) in VMX non-root mode, else None
+        self.vmcs = vm.control_structure()
 
     @property
     def eip(self) -> int:
@@ -216,7 +220,24 @@ class GuestView:
         if physical < 0:
             return Translation(linear, tuple(steps), -1, -1, why or "outside the guest's RAM")
         host_frame = physical & ~0xFFF
-        if vm.hardware_walks_other_tables() and hw.cr0 & 0x80000000:
+        nested = self.vmcs.nested_root if self.vmcs is not None and self.vmcs.nested_paging else -1
+        if nested >= 0:  # nested paging: guest-physical -> host-physical, the VMM's tables
+            directory = nested + 4 * (physical >> 22)
+            pde = read(directory)
+            steps.append(WalkStep("nested directory", directory, pde, physical >> 22))
+            if pde < 0 or not pde & P:
+                why = f"nested directory entry {physical >> 22} is not present"
+                return Translation(linear, tuple(steps), physical, -1, why)
+            if pde & 0x80:  # a 4 MiB nested page
+                host_frame = (pde & 0xFFC00000) + (physical & 0x3FF000)
+            else:
+                walked, host_frame, why = _walk(
+                    read, nested, physical, ("nested directory", "nested table")
+                )
+                steps += walked[1:]
+                if host_frame < 0:
+                    return Translation(linear, tuple(steps), physical, -1, why)
+        elif vm.hardware_walks_other_tables() and hw.cr0 & 0x80000000:
             walked, host_frame, why = _walk(
                 read, hw.cr3, linear, ("shadow directory", "shadow table")
             )

@@ -21,6 +21,11 @@ Two ways to virtualize the MMU (``paging``):
   finding that this was slower than VMware's binary translation on MMU-heavy work.
 
 Default: nested paging when the cost preset's processor has it (``CostModel.nested_paging``).
+
+The console: ``console="emulated"`` (the default) makes every OUT to it a VM exit, as
+KVM's emulated serial port does; ``console="assigned"`` gives the guest the console and
+the exit device as bare metal has them (VT-x's I/O bitmap clears their ports: device
+assignment), so only the interrupt controller and timer, which the VMM owns, exit.
 Interrupts: the real timer exits (external-interrupt exiting), the tick waits in the
 guest's virtual PIC, and the VMM injects it at VM entry when the guest's IF allows, or
 asks for an interrupt-window exit when it does not.
@@ -43,6 +48,8 @@ from vm.machine import Machine
 
 PAGE = 4096
 PAGING = ("nested", "shadow")
+CONSOLES = ("emulated", "assigned")
+ASSIGNED_PORTS = frozenset({0xE9, 0x3F8, 0xF4})  # the console and the exit device
 NESTED_LARGE = 0x80  # PS in a nested directory entry: a 4 MiB page
 VECTOR_UD, VECTOR_DF, VECTOR_GP, VECTOR_PF = 6, 8, 13, 14
 # CPUID leaf 0x40000000's signature, "vmlabvmlabHV" (a pv_ops kernel looks for "...PV").
@@ -105,16 +112,20 @@ class HardwareAssistVM(VM):
         cost: CostModel = DEFAULT,
         name: str = "vm",
         paging: str | None = None,
+        console: str = "emulated",
     ) -> None:
         if paging is None:
             paging = "nested" if cost.nested_paging else "shadow"
         if paging not in PAGING:
             raise ValueError(f"paging is 'nested' or 'shadow', not {paging!r}")
+        if console not in CONSOLES:
+            raise ValueError(f"console is 'emulated' or 'assigned', not {console!r}")
         if ram_size % (4 << 20) or machine.memory_size < ram_size + VMM_AREA:
             raise ValueError("the machine needs VMM_AREA bytes above RAM of whole 4 MiB")
         super().__init__(machine, cost, name, board=VirtualBoard(machine.cpu.timer_scale))
         self.ram_size = ram_size
         self.paging = paging
+        self.assigned = ASSIGNED_PORTS if console == "assigned" else frozenset()
         self.exit_cycles = cost.vm_exit  # one exit and the entry back
         self.vcpu = VCPU()  # (shadow paging: the CR0 and CR3 the guest believes it loaded)
         self.memory = GuestMemory(machine.window, ram_size, self.vcpu)
@@ -159,9 +170,10 @@ class HardwareAssistVM(VM):
         exits = [name.removesuffix("_exiting") for name, on in vars(v).items() if on is True]
         exits.remove("non_root")
         vectors = ", ".join(f"#{n}" for n in v.exceptions_exiting()) or "none"
+        io = "; I/O bitmap: console and exit device assigned" if self.assigned else ""
         return (
             f"VMCS: {self.paging} paging; exits on {', '.join(exits)}; exception bitmap "
-            f"{vectors}; CR0 guest/host mask {v.cr0_guest_host_mask:#x}"
+            f"{vectors}; CR0 guest/host mask {v.cr0_guest_host_mask:#x}{io}"
         )
 
     # ---- what the guest believes -----------------------------------------------------------------
@@ -225,7 +237,12 @@ class HardwareAssistVM(VM):
             value = self.board.port_in(port, size)
             mask = 0xFF if size == 1 else 0xFFFFFFFF
             cpu.eax = (cpu.eax & ~mask & 0xFFFFFFFF) | (value & mask)
+            if port in self.assigned:
+                return None  # (an assigned device: no VM exit, as on bare metal)
             return self.charge("emulate", f"{value & mask:#x}")
+        if port in self.assigned:
+            self.board.port_out(port, cpu.exit_value, size)
+            return None
         period = self.board.port_out(port, cpu.exit_value, size)
         if period:  # the guest programmed its timer: the real one starts at VM entry
             self.arm_timer = period

@@ -49,7 +49,8 @@ def _binary_translation(machine: Machine, ram_size: int, cost: CostModel, name: 
 
 
 def _hw_assist(machine: Machine, ram_size: int, cost: CostModel, name: str, text, **o):
-    return HardwareAssistVM(machine, ram_size, cost, name, paging=o.get("paging"))
+    paging, console = o.get("paging"), o.get("console", "emulated")
+    return HardwareAssistVM(machine, ram_size, cost, name, paging=paging, console=console)
 
 
 def _paravirt(machine: Machine, ram_size: int, cost: CostModel, name: str, text, **_):
@@ -95,7 +96,7 @@ MODE_TABLE: dict[str, Mode] = {
             "full virtualization: the kernel in VT-x's non-root mode, nested or shadow paging",
             VMM_AREA,
             _hw_assist,
-            frozenset({"paging"}),
+            frozenset({"paging", "console"}),
         ),
         Mode(
             "paravirt",
