@@ -3,7 +3,7 @@
 python -m vm run [--workload NAME] [--mode MODE] [--no-patch] [--paging KIND]
                  [--console KIND] [--compare] [--trace N] [--json] [--log N] [--budget N]
                  [--preset PRESET]
-python -m vm compare [--workload NAME ...] [--preset PRESET ...] [--json]
+python -m vm compare [--workload NAME ...] [--mode MODE ...] [--preset PRESET ...] [--json]
 python -m vm consolidate [--guests N] [--mode MODE] [--workload NAME ...] [--preset PRESET]
                          [--cycles N] [--json]
 python -m vm bench [--json] [--quick]
@@ -107,6 +107,15 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=PRESETS,
         help="a cost preset (repeat for several; default: every one)",
+    )
+    from vm.compare import COLUMNS
+
+    compare.add_argument(
+        "--mode",
+        action="append",
+        choices=COLUMNS,
+        help="a mode (or hw-assist/nested, hw-assist/shadow) to show (repeat for several; "
+        "default: every mode; native is always shown)",
     )
     compare.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -287,12 +296,10 @@ def compare_command(args: argparse.Namespace, cost) -> int:
     """One workload in every mode: a table side by side, or one JSON object keyed by mode."""
     import vm
 
-    runs = []
-    for mode in MODES:
-        if mode == "hw-assist":  # (each kind of paging, a column each)
-            runs += [(f"{mode}/{kind}", mode, {"paging": kind}) for kind in ("nested", "shadow")]
-        else:
-            runs.append((mode, mode, {}))
+    runs = [(mode, mode, {}) for mode in MODES]
+    if "hw-assist" in MODES:  # (each kind of paging beside the preset's own)
+        for kind in ("nested", "shadow"):
+            runs.append((f"hw-assist {kind}", "hw-assist", {"paging": kind}))
     if (args.kernel or "paravirt") == "paravirt":  # (batching's effect, shown beside it)
         runs.append(("paravirt unbatched", "paravirt", {"batch": False}))
     results = {
@@ -355,7 +362,7 @@ def compare_all_command(args: argparse.Namespace) -> int:
     a table per preset of cycles relative to native and exits, or one JSON object."""
     from vm.compare import compare
 
-    table = compare(args.workload, presets=args.preset)
+    table = compare(args.workload, modes=args.mode, presets=args.preset)
     print(json.dumps(table.as_dict()) if args.json else table.text())
     if not table.ok:
         failed = [" ".join(key) for key, run in table.runs.items() if not run.ok]

@@ -9,9 +9,9 @@
 
 Runs are deterministic, so each (preset, workload, mode) runs once per process and is
 remembered; a new mode in ``vm.MODES`` joins every table with no change here. A column
-may be a mode with an option, "mode/option" (``COLUMN_OPTIONS``): hw-assist is shown as
-two, "hw-assist/nested" and "hw-assist/shadow" (plain "hw-assist", whatever paging the
-preset's processor has, can be asked for by name and is what ``run`` gives for it).
+may also be a mode with an option, asked for by name ("mode/option", ``COLUMN_OPTIONS``):
+"hw-assist/nested" and "hw-assist/shadow" show each kind of paging under every preset,
+where plain "hw-assist" has what the preset's processor has (shadow paging before EPT).
 """
 
 from __future__ import annotations
@@ -29,11 +29,7 @@ COLUMN_OPTIONS = {
     "hw-assist/nested": ("hw-assist", {"paging": "nested"}),
     "hw-assist/shadow": ("hw-assist", {"paging": "shadow"}),
 }
-COLUMNS = tuple(
-    column
-    for mode in MODES
-    for column in ([c for c, (m, _) in COLUMN_OPTIONS.items() if m == mode] or [mode])
-)
+COLUMNS = (*MODES, *COLUMN_OPTIONS)  # every column a table can have
 
 
 @dataclass(frozen=True)
@@ -116,7 +112,7 @@ class Comparison:
         """One run of the table (a mode or column it does not show is run now)."""
         key = (preset_name, workload, mode)
         if key not in self.runs:
-            _names([mode], (*MODES, *COLUMN_OPTIONS), "mode")
+            _names([mode], COLUMNS, "mode")
             self.runs[key] = measure(*key)
         return self.runs[key]
 
@@ -200,7 +196,7 @@ def compare(
     always run, as the reference)."""
     workloads = _names(workloads, WORKLOADS, "workload")
     presets = _names(presets, PRESETS, "preset")
-    modes = COLUMNS if modes is None else _names(modes, (*MODES, *COLUMN_OPTIONS), "mode")
+    modes = _names(modes, MODES, "mode") if modes is None else _names(modes, COLUMNS, "mode")
     if "native" not in modes:
         modes = ("native", *modes)
     table = Comparison(presets, workloads, modes)

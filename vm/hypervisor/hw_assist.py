@@ -90,7 +90,7 @@ class HardwareAssistVM(VM):
     """A VMM on VT-x-like hardware: the guest runs in non-root mode; a few things exit."""
 
     mode = "hw-assist"
-    ring_roles = ((0, "guest kernel (non-root); the VMM in root mode"), (3, "guest user"))
+    ring_roles = ((0, "guest kernel, in non-root mode (its monitor: root mode)"), (3, "guest user"))
     EXIT_TABLE = (
         ExitRow(IO, ANY, "port_io", "IN/OUT: port, size and direction are in the qualification"),
         ExitRow(HALT, ANY, "halt", "HLT: the vCPU idles until its next virtual interrupt"),
