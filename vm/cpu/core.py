@@ -1223,6 +1223,9 @@ def run(state, mem, budget):
                 reason = EXIT_NESTED_PAGE_FAULT
                 state[EXIT_INSTRUCTION_LENGTH] = length
                 break
+            if outcome == EVENT_EXIT and trap and eip == start:
+                count -= 1  # INT n faulted instead (its fault exits): it did not retire
+                cycles -= state[COST_TABLE + form]
             if outcome == EVENT_EXIT or outcome == EVENT_SOFTWARE_EXIT:
                 reason = EXIT_FAULT if outcome == EVENT_EXIT else EXIT_SOFTWARE_INTERRUPT
                 state[EXIT_INSTRUCTION_LENGTH] = length

@@ -33,9 +33,31 @@ asks for an interrupt-window exit when it does not.
 
 from __future__ import annotations
 
-from vm.cpu import state as S
 from vm.cpu.cost import DEFAULT, CostModel
 from vm.cpu.exits import ExitReason
+from vm.cpu.state import (
+    CR0_PE,
+    CR0_PG,
+    CR0_WP,
+    EPT_ENABLE,
+    EVENT_DELIVER_ERROR,
+    EVENT_EXTERNAL,
+    EVENT_HARDWARE_EXCEPTION,
+    EVENT_SOFTWARE_INTERRUPT,
+    EVENT_TYPE_SHIFT,
+    EVENT_VALID,
+    EXIT_ON_CPUID,
+    EXIT_ON_CR3_LOAD,
+    EXIT_ON_CR3_STORE,
+    EXIT_ON_HLT,
+    EXIT_ON_INTERRUPT,
+    EXIT_ON_INTERRUPT_WINDOW,
+    EXIT_ON_INVLPG,
+    EXIT_ON_IO,
+    EXIT_ON_VMCALL,
+    FLAG_IF,
+    REG_NAMES,
+)
 from vm.cpu.system import CPUID_VENDOR
 from vm.cpu.vmcs import VMCS, describe_event, describe_exit
 from vm.hypervisor.devices import VirtualBoard
@@ -57,11 +79,9 @@ HYPERVISOR_SIGNATURE = (0x616C6D76, 0x6C6D7662, 0x56486261)
 HYPERVISOR_BIT = 1 << 31  # CPUID leaf 1, ECX bit 31: a hypervisor is present
 # The CR0 bits the VMM owns under shadow paging: the CPU must keep PG on (it walks the
 # shadow tables) and WP on (guest page tables stay write-protected at ring 0).
-SHADOW_OWNED_CR0 = S.CR0_PE | S.CR0_PG | S.CR0_WP
-BASE_CONTROLS = (
-    S.EXIT_ON_IO | S.EXIT_ON_HLT | S.EXIT_ON_CPUID | S.EXIT_ON_VMCALL | S.EXIT_ON_INTERRUPT
-)
-SHADOW_CONTROLS = S.EXIT_ON_CR3_LOAD | S.EXIT_ON_CR3_STORE | S.EXIT_ON_INVLPG
+SHADOW_OWNED_CR0 = CR0_PE | CR0_PG | CR0_WP
+BASE_CONTROLS = EXIT_ON_IO | EXIT_ON_HLT | EXIT_ON_CPUID | EXIT_ON_VMCALL | EXIT_ON_INTERRUPT
+SHADOW_CONTROLS = EXIT_ON_CR3_LOAD | EXIT_ON_CR3_STORE | EXIT_ON_INVLPG
 IO, HALT, CPUID, CR, INVLPG = (
     ExitReason.IO,
     ExitReason.HALT,
@@ -80,9 +100,9 @@ F, IRQ, WINDOW, NPF, VMCALL = (
 
 def exception_event(vector: int, error: int = -1) -> tuple[int, int]:
     """(ENTRY_INTERRUPTION, ENTRY_ERROR) that inject a hardware exception."""
-    info = S.EVENT_VALID | (S.EVENT_HARDWARE_EXCEPTION << S.EVENT_TYPE_SHIFT) | vector
+    info = EVENT_VALID | (EVENT_HARDWARE_EXCEPTION << EVENT_TYPE_SHIFT) | vector
     if error >= 0:
-        info |= S.EVENT_DELIVER_ERROR
+        info |= EVENT_DELIVER_ERROR
     return info, max(error, 0)
 
 
@@ -90,7 +110,8 @@ class HardwareAssistVM(VM):
     """A VMM on VT-x-like hardware: the guest runs in non-root mode; a few things exit."""
 
     mode = "hw-assist"
-    ring_roles = ((0, "guest kernel, in non-root mode (its monitor: root mode)"), (3, "guest user"))
+    # (the VMM runs at ring 0 of root mode, the guest kernel at ring 0 of non-root mode)
+    ring_roles = ((0, "guest kernel in non-root mode; VMM in root mode"), (3, "guest user"))
     EXIT_TABLE = (
         ExitRow(IO, ANY, "port_io", "IN/OUT: port, size and direction are in the qualification"),
         ExitRow(HALT, ANY, "halt", "HLT: the vCPU idles until its next virtual interrupt"),
@@ -141,7 +162,7 @@ class HardwareAssistVM(VM):
         if paging == "nested":
             self.nested_root = area
             self._build_nested_tables(words, area)
-            cpu.ept_pointer = area | S.EPT_ENABLE
+            cpu.ept_pointer = area | EPT_ENABLE
             cpu.exc_exit_bitmap = 0  # the guest's #PF is its own
             cpu.cr0_guest_host_mask = 0  # and so is CR0
         else:
@@ -209,20 +230,20 @@ class HardwareAssistVM(VM):
         """At VM entry: inject the virtual interrupt that waits when the guest's IF allows
         it, else ask for an exit when it does (interrupt-window exiting)."""
         cpu = self.cpu
-        if cpu.entry_interruption & S.EVENT_VALID:
+        if cpu.entry_interruption & EVENT_VALID:
             return None  # (one event per entry: an exception goes first)
         if self.board.deliverable() < 0:
             self.events_waiting = self.board.waiting
-            cpu.exit_controls &= ~S.EXIT_ON_INTERRUPT_WINDOW
+            cpu.exit_controls &= ~EXIT_ON_INTERRUPT_WINDOW
             return None
-        if not cpu.eflags & S.FLAG_IF:
-            cpu.exit_controls |= S.EXIT_ON_INTERRUPT_WINDOW
+        if not cpu.eflags & FLAG_IF:
+            cpu.exit_controls |= EXIT_ON_INTERRUPT_WINDOW
             return None
-        cpu.exit_controls &= ~S.EXIT_ON_INTERRUPT_WINDOW
+        cpu.exit_controls &= ~EXIT_ON_INTERRUPT_WINDOW
         vector = self.board.acknowledge()
         self.events_waiting = self.board.waiting
         cpu.entry_interruption = (
-            S.EVENT_VALID | (S.EVENT_EXTERNAL << S.EVENT_TYPE_SHIFT) | (vector & 0xFF)
+            EVENT_VALID | (EVENT_EXTERNAL << EVENT_TYPE_SHIFT) | (vector & 0xFF)
         )
         self.acct.injected += 1
         text = f"virtual IRQ {vector - self.board.vector_base} as vector {vector:#x} (VM entry)"
@@ -252,7 +273,7 @@ class HardwareAssistVM(VM):
         """HLT: idle to the next tick, or wake at once for an interrupt that waits."""
         cpu = self.cpu
         eip = (cpu.eip - 1) & 0xFFFFFFFF
-        if not cpu.eflags & S.FLAG_IF:
+        if not cpu.eflags & FLAG_IF:
             raise VMStopped("halt", f"HLT at {eip:#x} with interrupts off: nothing can wake it")
         if self.board.deliverable() < 0:
             if cpu.timer_period <= 0:
@@ -284,7 +305,7 @@ class HardwareAssistVM(VM):
         q = cpu.exit_qualification
         cr, kind, register = q & 0xF, (q >> 4) & 3, (q >> 8) & 0xF
         if kind == 1:  # MOV r32, CR3 (CR3-store exiting)
-            self.state[register] = v.cr3 if cr == 3 else cpu.cr0_read_shadow
+            setattr(cpu, REG_NAMES[register & 7], v.cr3 if cr == 3 else cpu.cr0_read_shadow)
             return self.charge("emulate", "the guest's own CR3")
         value = cpu.exit_value & 0xFFFFFFFF
         self.memory.forget()
@@ -295,7 +316,7 @@ class HardwareAssistVM(VM):
                 self.shadow.switch(value)
             return self.charge("emulate", "shadow tables switched" if v.paging else "")
         if cr == 0:
-            v.cr0 = value | S.CR0_PE
+            v.cr0 = value | CR0_PE
             owned = cpu.cr0_guest_host_mask
             cpu.cr0_read_shadow = v.cr0
             cpu.cr0 = (v.cr0 & ~owned & 0xFFFFFFFF) | (cpu.cr0 & owned)
@@ -303,7 +324,8 @@ class HardwareAssistVM(VM):
                 self.shadow.switch(v.cr3 if v.paging else -1)
             self.machine.flush_tlb()
             return self.charge("emulate", "CR0 read shadow updated")
-        self.state[S.CR4 if cr == 4 else S.CR2] = value  # (no mask on them)
+        if cr == 4:  # (no mask on it)
+            cpu.cr4 = value
         return self.charge("emulate", "")
 
     def invlpg(self) -> Outcome:
@@ -331,7 +353,7 @@ class HardwareAssistVM(VM):
             if self.step_guard is None:
                 self.step_guard = TableWriteStep(cpu.pic_imr)
                 cpu.pic_imr = 0xFF  # no tick in the middle of the step
-                cpu.exit_controls &= ~S.EXIT_ON_INTERRUPT_WINDOW  # nor a window exit
+                cpu.exit_controls &= ~EXIT_ON_INTERRUPT_WINDOW  # nor a window exit
             self.step_guard.open(self.shadow, linear, detail)
             text = "guest page-table write: single-stepped, then resynced"
             _, action, _, line = self.charge("shadow write", text)
@@ -358,7 +380,7 @@ class HardwareAssistVM(VM):
 
     def interrupt_window(self) -> Outcome:
         """The guest turned its interrupts on: inject the one that waits (at entry)."""
-        self.cpu.exit_controls &= ~S.EXIT_ON_INTERRUPT_WINDOW
+        self.cpu.exit_controls &= ~EXIT_ON_INTERRUPT_WINDOW
         self.events_waiting = True
         return self.charge("window", "the guest's IF is 1")
 
@@ -369,9 +391,9 @@ class HardwareAssistVM(VM):
         would, and one while delivering a #DF shuts the guest down."""
         cpu = self.cpu
         vectoring = cpu.exit_vectoring
-        if vectoring & S.EVENT_VALID:
-            kind = (vectoring >> S.EVENT_TYPE_SHIFT) & 7
-            if kind == S.EVENT_SOFTWARE_INTERRUPT:
+        if vectoring & EVENT_VALID:
+            kind = (vectoring >> EVENT_TYPE_SHIFT) & 7
+            if kind == EVENT_SOFTWARE_INTERRUPT:
                 self.inject(VECTOR_GP, 0)  # (the INT instruction faults instead)
             elif vectoring & 0xFF == VECTOR_DF:
                 raise VMStopped("fault", "triple fault: the CPU shut down")
