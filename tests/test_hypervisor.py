@@ -282,7 +282,9 @@ def test_bad_mode_and_workload_are_clear_errors():
         vm.boot("compute", "binary-translation", patch=False)
     with pytest.raises(ValueError, match="no kernel 'linux'"):
         vm.boot("compute", kernel="linux")
-    assert MODES == vm.MODES == ("native", "trap-emulate", "binary-translation", "paravirt")
+    assert MODES == vm.MODES == (
+        "native", "trap-emulate", "binary-translation", "hw-assist", "paravirt"
+    )  # fmt: skip
 
 
 def test_cli_compare_json_is_one_object_keyed_by_mode():

@@ -297,9 +297,6 @@ def compare_command(args: argparse.Namespace, cost) -> int:
     import vm
 
     runs = [(mode, mode, {}) for mode in MODES]
-    if "hw-assist" in MODES:  # (each kind of paging beside the preset's own)
-        for kind in ("nested", "shadow"):
-            runs.append((f"hw-assist {kind}", "hw-assist", {"paging": kind}))
     if (args.kernel or "paravirt") == "paravirt":  # (batching's effect, shown beside it)
         runs.append(("paravirt unbatched", "paravirt", {"batch": False}))
     results = {
