@@ -534,3 +534,31 @@ def hw_machine(source: str) -> tuple[Machine, HardwareAssistVM]:
     m = protected_machine(memory_size=(4 << 20) + (1 << 20))
     m.load_asm(source)
     return m, HardwareAssistVM(m, 4 << 20, paging="nested")
+
+
+MACHINE_LEVEL = (
+    "test_hlt_exiting",
+    "test_io_exiting_qualification_has_port_size_and_direction",
+    "test_cpuid_exiting",
+    "test_cr3_load_and_store_exiting",
+    "test_cr0_writes_exit_only_for_the_bits_the_vmm_owns_and_reads_see_the_shadow",
+    "test_invlpg_exiting_gives_the_address",
+    "test_vmcall_exiting_and_without_it_ud",
+    "test_exception_bitmap_chooses_which_exceptions_exit",
+    "test_external_interrupt_exiting_whatever_if_says",
+    "test_interrupt_window_exits_once_if_is_on_after_sti_blocking",
+    "test_event_injection_on_entry_delivers_through_the_guests_idt",
+    "test_nested_page_fault_exit_names_the_guest_physical_and_linear_address",
+    "test_the_nested_walk_equals_walking_both_tables_by_hand_a_and_d_bits_included",
+    "test_a_4mib_nested_page_in_the_cache_makes_a_2d_walk_cost_what_a_native_one_does",
+    "test_a_guest_never_reaches_outside_its_memory_whatever_its_tables_say",
+)
+
+
+def test_the_machine_level_tests_pass_without_jit():
+    """The exit controls, injection, the 2D walk and isolation, interpreted."""
+    tests = [f"{__file__}::{name}" for name in MACHINE_LEVEL]
+    child = without_jit(["-m", "pytest", "-q", "-p", "no:cacheprovider", *tests])
+    output = child.stdout[-6000:] + child.stderr[-2000:]
+    assert child.returncode == 0, f"fails with NUMBA_DISABLE_JIT=1:\n{output}"
+    assert "\n24 passed" in child.stdout, output  # (the 15 tests, with their parameters)
