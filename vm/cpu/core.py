@@ -640,26 +640,30 @@ def run(state, mem, budget):
             # tick_at + k * period after now
             tick_at += ((cycles - tick_at) // timer_period + 1) * timer_period
             irq_pending = irq_waiting(state)
-        if special and injecting:  # VM entry: the event the VMM injects comes first
-            injecting = False
-            special = window_exiting
-            flags = materialize(lop, la, lb, lres, lmask, flags)
-            lop = LOP_NONE
-            outcome, eip, flags = inject_event(mem, state, eip, flags)
-            cycles += state[COST_EXCEPTION]
-            events += 1
-            if outcome == EVENT_NESTED:
-                reason = EXIT_NESTED_PAGE_FAULT
-                state[EXIT_INSTRUCTION_LENGTH] = 0
+        if special:  # VMX non-root mode: an event to inject, an interrupt window
+            if injecting:  # VM entry: the event the VMM injects comes first
+                injecting = False
+                special = window_exiting
+                flags = materialize(lop, la, lb, lres, lmask, flags)
+                lop = LOP_NONE
+                outcome, eip, flags = inject_event(mem, state, eip, flags)
+                cycles += state[COST_EXCEPTION]
+                events += 1
+                if outcome == EVENT_NESTED:
+                    reason = EXIT_NESTED_PAGE_FAULT
+                    state[EXIT_INSTRUCTION_LENGTH] = 0
+                    break
+                if outcome == EVENT_EXIT:
+                    reason = EXIT_FAULT
+                    state[EXIT_INSTRUCTION_LENGTH] = 0
+                    break
+                if outcome == EVENT_SHUTDOWN:
+                    reason = EXIT_SHUTDOWN
+                    break
+                continue  # (a single step shows the injection on its own)
+            if flags & FLAG_IF and not blocked_by_sti_or_mov_ss:
+                reason = EXIT_INTERRUPT_WINDOW  # (the guest can take an interrupt now)
                 break
-            if outcome == EVENT_EXIT:
-                reason = EXIT_FAULT
-                state[EXIT_INSTRUCTION_LENGTH] = 0
-                break
-            if outcome == EVENT_SHUTDOWN:
-                reason = EXIT_SHUTDOWN
-                break
-            continue  # (a single step shows the injection on its own)
         if irq_pending and controls & EXIT_ON_INTERRUPT:  # the VMM takes every IRQ, IF or not
             irq = take_irq(state)
             state[EXIT_VECTOR] = (state[PIC_VECTOR_BASE] + irq) & 0xFF
@@ -686,9 +690,6 @@ def run(state, mem, budget):
                     break
                 continue  # (a single step shows the delivery on its own)
             irq_pending = irq_waiting(state)
-        if special and flags & FLAG_IF and not blocked_by_sti_or_mov_ss:
-            reason = EXIT_INTERRUPT_WINDOW  # (the guest can take an interrupt now)
-            break
         blocked_by_sti_or_mov_ss = False
         if nbreak > 0:
             hit = False
