@@ -20,6 +20,7 @@ import vm
 from vm.asm import AsmError, assemble
 from vm.hypervisor.binary_translation import BinaryTranslationVM
 from vm.hypervisor.host import Host
+from vm.hypervisor.hw_assist import HardwareAssistVM
 from vm.hypervisor.paravirt import ParavirtVM
 from vm.hypervisor.trap_emulate import TrapEmulateVM
 from vm.hypervisor.vmm_area import VMM_AREA
@@ -177,9 +178,11 @@ class Neighbourhood:
         machine.eip = 0x1000
         for name in ("eax", "ecx", "edx", "ebx", "esi", "edi"):
             setattr(machine.regs, name, rng.choice([0, 0x1000, 0x10000, rng.getrandbits(32)]))
-        kind = rng.choice([TrapEmulateVM, BinaryTranslationVM, ParavirtVM])
+        kind = rng.choice([TrapEmulateVM, BinaryTranslationVM, ParavirtVM, HardwareAssistVM])
         if kind is ParavirtVM:
             hostile = ParavirtVM(machine, GUEST_RAM)
+        elif kind is HardwareAssistVM:  # (VMX non-root mode, nested or shadow paging)
+            hostile = HardwareAssistVM(machine, GUEST_RAM, paging=rng.choice(["nested", "shadow"]))
         else:
             hostile = kind(machine, GUEST_RAM, kernel_text=(0x1000, 0x1000 + len(code)))
         for guest, start in zip(self.good, self.starts, strict=True):

@@ -284,7 +284,9 @@ def test_bad_mode_and_workload_are_clear_errors():
     with pytest.raises(ValueError, match="no kernel 'linux'"):
         vm.boot("compute", kernel="linux")
     assert MODES == vm.MODES
-    assert MODES == ("native", "trap-emulate", "binary-translation", "paravirt", "containers")
+    assert MODES == (
+        "native", "trap-emulate", "binary-translation", "hw-assist", "paravirt", "containers"
+    )  # fmt: skip
 
 
 def test_cli_compare_json_is_one_object_keyed_by_mode():

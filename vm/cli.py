@@ -1,9 +1,10 @@
 """`python -m vm`: run toyos in any mode, benchmark the core, or take a short tour.
 
-python -m vm run [--workload NAME] [--mode MODE] [--no-patch] [--compare] [--trace N]
-                 [--json] [--log N] [--budget N] [--preset PRESET]
+python -m vm run [--workload NAME] [--mode MODE] [--no-patch] [--paging KIND]
+                 [--console KIND] [--compare] [--trace N] [--json] [--log N] [--budget N]
+                 [--preset PRESET]
                  [--containers N | --container WORKLOAD[:weight=W,memory=PAGES,hostname=H] ...]
-python -m vm compare [--workload NAME ...] [--preset PRESET ...] [--json]
+python -m vm compare [--workload NAME ...] [--mode MODE ...] [--preset PRESET ...] [--json]
 python -m vm consolidate [--guests N] [--mode MODE] [--workload NAME ...] [--preset PRESET]
                          [--cycles N] [--json]
 python -m vm bench [--json] [--quick]
@@ -70,6 +71,18 @@ def main(argv: list[str] | None = None) -> int:
         "(repeat for several)",
     )
     run.add_argument(
+        "--paging",
+        choices=("nested", "shadow"),
+        help="hw-assist: nested paging (EPT) or shadow paging (first-generation VT-x); "
+        "default: what the preset's processor has",
+    )
+    run.add_argument(
+        "--console",
+        choices=("emulated", "assigned"),
+        help="hw-assist: every console OUT exits (emulated, the default) or the console is "
+        "the guest's own (assigned through the I/O bitmap)",
+    )
+    run.add_argument(
         "--no-patch",
         action="store_true",
         help="trap-emulate without patching POPF/PUSHF/IRET: shows x86's hole",
@@ -108,6 +121,15 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         choices=PRESETS,
         help="a cost preset (repeat for several; default: every one)",
+    )
+    from vm.compare import COLUMNS
+
+    compare.add_argument(
+        "--mode",
+        action="append",
+        choices=COLUMNS,
+        help="a mode (or hw-assist/nested, hw-assist/shadow) to show (repeat for several; "
+        "default: every mode; native is always shown)",
     )
     compare.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -238,9 +260,17 @@ def run_command(args: argparse.Namespace) -> int:
         raise ValueError("--containers and --container are for --mode containers")
     if args.containers and args.container:
         raise ValueError("give --containers N or --container SPEC ..., not both")
+    if args.paging and (args.compare or args.mode != "hw-assist"):
+        raise ValueError("--paging is for --mode hw-assist (--compare shows both)")
+    if args.console and (args.compare or args.mode != "hw-assist"):
+        raise ValueError("--console is for --mode hw-assist")
     if args.compare:
         return compare_command(args, cost)
     options: dict[str, object] = {"patch": False} if args.no_patch else {}
+    if args.paging:
+        options["paging"] = args.paging
+    if args.console:
+        options["console"] = args.console
     if args.no_batch:
         options["batch"] = False
     if args.containers:
@@ -360,7 +390,7 @@ def compare_all_command(args: argparse.Namespace) -> int:
     a table per preset of cycles relative to native and exits, or one JSON object."""
     from vm.compare import compare
 
-    table = compare(args.workload, presets=args.preset)
+    table = compare(args.workload, modes=args.mode, presets=args.preset)
     print(json.dumps(table.as_dict()) if args.json else table.text())
     if not table.ok:
         failed = [" ".join(key) for key, run in table.runs.items() if not run.ok]

@@ -13,9 +13,17 @@ from pathlib import Path
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "golden.json"
 
 
-# Runs besides each mode with its own kernel: "mode/kernel" (another toyos build) or
-# "mode/unbatched" (the paravirtual kernel making one hypercall per update).
-VARIANTS = ("native/pvops", "paravirt/pvops", "paravirt/unbatched")
+# Runs besides each mode with its own kernel: "mode/kernel" (another toyos build),
+# "mode/unbatched" (the paravirtual kernel making one hypercall per update) or
+# "hw-assist/nested" and "hw-assist/shadow" (each kind of paging, whatever the preset has).
+VARIANTS = (
+    "native/pvops",
+    "paravirt/pvops",
+    "paravirt/unbatched",
+    "hw-assist/nested",
+    "hw-assist/shadow",
+)
+PAGINGS = ("nested", "shadow")
 
 
 def measure(workload: str, mode: str) -> dict[str, object]:
@@ -25,6 +33,8 @@ def measure(workload: str, mode: str) -> dict[str, object]:
     mode, _, variant = mode.partition("/")
     if variant == "unbatched":
         guest = vm.boot(workload, mode, batch=False)
+    elif variant in PAGINGS:
+        guest = vm.boot(workload, mode, paging=variant)
     else:
         guest = vm.boot(workload, mode, kernel=variant or None)
     result = guest.run()

@@ -55,10 +55,13 @@ def boot(
     paravirtual kernel on bare metal, and the pv_ops one in both). Options a mode takes:
     ``patch=False`` (trap-emulate: leave POPF, PUSHF and IRET alone, and see x86's hole);
     ``batch=False`` (paravirt: one hypercall per page-table update and context switch, not
-    one multicall for several); ``containers=[...]`` (containers: one container each, a
-    workload's name, a dict or a vm.containers.ContainerSpec with its weight, memory limit
-    and host name; default: one container running ``workload``). The containers share one
-    kernel, so another ``kernel`` is refused.
+    one multicall for several); ``paging="nested"`` or ``"shadow"`` (hw-assist: EPT, or
+    first-generation VT-x's shadow paging; default: what the preset's processor has);
+    ``console="assigned"`` (hw-assist: the console's port I/O does not exit);
+    ``containers=[...]`` (containers: one container each, a workload's name, a dict or a
+    vm.containers.ContainerSpec with its weight, memory limit and host name; default: one
+    container running ``workload``). The containers share one kernel, so another
+    ``kernel`` is refused.
     """
     if isinstance(cost, str):
         cost = preset(cost)
@@ -228,6 +231,8 @@ class GuestView:
         )
         self.guest = CPUState(**vm.believed_state(self.hardware._asdict()))
         self.registers["eflags"] = self.guest.eflags
+        # the control structure (vm.cpu.vmcs.VMCS) in VMX non-root mode, else None
+        self.vmcs = vm.control_structure()
 
     @property
     def eip(self) -> int:
@@ -263,7 +268,24 @@ class GuestView:
         if physical < 0:
             return Translation(linear, tuple(steps), -1, -1, why or "outside the guest's RAM")
         host_frame = physical & ~0xFFF
-        if vm.hardware_walks_other_tables() and hw.cr0 & 0x80000000:
+        nested = self.vmcs.nested_root if self.vmcs is not None and self.vmcs.nested_paging else -1
+        if nested >= 0:  # nested paging: guest-physical -> host-physical, the VMM's tables
+            directory = nested + 4 * (physical >> 22)
+            pde = read(directory)
+            steps.append(WalkStep("nested directory", directory, pde, physical >> 22))
+            if pde < 0 or not pde & P:
+                why = f"nested directory entry {physical >> 22} is not present"
+                return Translation(linear, tuple(steps), physical, -1, why)
+            if pde & 0x80:  # a 4 MiB nested page
+                host_frame = (pde & 0xFFC00000) + (physical & 0x3FF000)
+            else:
+                walked, host_frame, why = _walk(
+                    read, nested, physical, ("nested directory", "nested table")
+                )
+                steps += walked[1:]
+                if host_frame < 0:
+                    return Translation(linear, tuple(steps), physical, -1, why)
+        elif vm.hardware_walks_other_tables() and hw.cr0 & 0x80000000:
             walked, host_frame, why = _walk(
                 read, hw.cr3, linear, ("shadow directory", "shadow table")
             )
@@ -413,6 +435,11 @@ class Guest:
         """Who runs at which hardware ring in this mode: ((0, "VMM"), (1, "guest kernel"),
         (3, "guest user")) under trap-and-emulate."""
         return self.vm.ring_roles
+
+    def control_structure(self) -> object | None:
+        """The hardware's control structure (a VMCS, vm.cpu.vmcs) when the guest runs in
+        VMX non-root mode (hw-assist); None in every other mode."""
+        return self.vm.control_structure()
 
     def exit_table(self) -> str:
         """The mode's exit table: which exit goes to which handler, and why."""

@@ -452,6 +452,8 @@ class Machine:
                 register=slots[at + S.EXIT_CR_REGISTER],
                 length=length,
             )
+        if reason in (ExitReason.HALT, ExitReason.CPUID, ExitReason.INVLPG):
+            return Exit(reason, eip, length=length)  # (EIP is past the instruction)
         return Exit(reason, eip)
 
     def complete_in(self, value: int) -> None:

@@ -135,6 +135,41 @@ def beliefs_html(guest_state, hardware_state) -> str:
     return table(rows, ("", "guest believes", "hardware holds"))
 
 
+def vmcs_html(vmcs) -> str:
+    """The control structure of a guest in VMX non-root mode (vm.cpu.vmcs.VMCS): what
+    exits, the CR0 mask and shadow, nested paging, and the last exit's information."""
+    on = [name.removesuffix("_exiting").replace("_", " ") for name in EXIT_CONTROLS
+          if getattr(vmcs, name)]  # fmt: skip
+    vectors = ", ".join(f"#{v}" for v in vmcs.exceptions_exiting()) or "none"
+    nested = f"on, root {vmcs.nested_root:08x}" if vmcs.nested_paging else "off (shadow paging)"
+    rows = [
+        ("exits on", esc(", ".join(on) or "nothing")),
+        ("exception bitmap", esc(vectors)),
+        ("CR0 mask / shadow", f"{vmcs.cr0_guest_host_mask:08x} / {vmcs.cr0_read_shadow:08x}"),
+        ("nested paging", esc(nested)),
+        ("inject at entry", esc(vmcs.entry_interruption)),
+        ("last exit", esc(vmcs.exit_reason)),
+        ("qualification", f"{vmcs.exit_qualification:08x}"),
+        ("instruction length", str(vmcs.exit_instruction_length)),
+        ("guest linear / physical", f"{vmcs.guest_linear:08x} / {vmcs.guest_physical:08x}"),
+        ("IDT vectoring", esc(vmcs.idt_vectoring)),
+    ]
+    return "<b>VMCS</b>" + table(rows, ("", "control structure"))
+
+
+EXIT_CONTROLS = (
+    "external_interrupt_exiting",
+    "hlt_exiting",
+    "unconditional_io_exiting",
+    "cpuid_exiting",
+    "cr3_load_exiting",
+    "cr3_store_exiting",
+    "invlpg_exiting",
+    "vmcall_exiting",
+    "interrupt_window_exiting",
+)
+
+
 def hexdump_html(address: int, data: bytes, rows: int = 8, mark: int | None = None) -> str:
     """Bytes as a hex dump from ``address``, 16 a row; bytes the guest cannot see as '..'."""
     lines = []

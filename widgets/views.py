@@ -232,6 +232,7 @@ class MachineView(_View):
             header
             + R.registers_html(view.registers, previous)
             + R.beliefs_html(view.guest, view.hardware)
+            + (R.vmcs_html(view.vmcs) if view.vmcs is not None else "")
             + f"<b>memory at {at:08x}</b> ({R.esc(self.follow.value)})"
             + memory
             + "<b>console</b>"

@@ -65,7 +65,10 @@ from vm.cpu.exits import (
     EXIT_HALT,
     EXIT_HYPERCALL,
     EXIT_INTERRUPT,
+    EXIT_INTERRUPT_WINDOW,
+    EXIT_INVLPG,
     EXIT_IO,
+    EXIT_NESTED_PAGE_FAULT,
     EXIT_NONE,
     EXIT_SHUTDOWN,
     EXIT_SOFTWARE_INTERRUPT,
@@ -87,6 +90,7 @@ from vm.cpu.flags import (
 from vm.cpu.jit import Mem, State, b1, i64, jit, pair
 from vm.cpu.memory import (
     PAGE_MASK,
+    VECTOR_NPF,
     host_index,
     host_index_slow,
     invalidate_page,
@@ -105,6 +109,7 @@ from vm.cpu.state import (
     COST_TABLE,
     CR0,
     CR0_PG,
+    CR2,
     CS,
     CYCLES,
     EAX,
@@ -115,8 +120,18 @@ from vm.cpu.state import (
     EFLAGS,
     EFLAGS_FIXED,
     EIP,
+    ENTRY_ERROR,
+    ENTRY_INTERRUPTION,
+    EPT_ENABLE,
+    EPT_POINTER,
     ESI,
     ESP,
+    EVENT_DELIVER_ERROR,
+    EVENT_EXTERNAL,
+    EVENT_HARDWARE_EXCEPTION,
+    EVENT_SOFTWARE_INTERRUPT,
+    EVENT_TYPE_SHIFT,
+    EVENT_VALID,
     EXC_EXIT_BITMAP,
     EXIT_CONTROLS,
     EXIT_ERROR,
@@ -125,14 +140,19 @@ from vm.cpu.state import (
     EXIT_ON_CPUID,
     EXIT_ON_HLT,
     EXIT_ON_INTERRUPT,
+    EXIT_ON_INTERRUPT_WINDOW,
+    EXIT_ON_INVLPG,
     EXIT_ON_IO,
     EXIT_ON_SOFT_INT,
     EXIT_ON_VMCALL,
     EXIT_PORT,
+    EXIT_QUALIFICATION,
     EXIT_REASON,
     EXIT_SIZE,
     EXIT_VALUE,
     EXIT_VECTOR,
+    EXIT_VECTORING,
+    EXIT_VECTORING_ERROR,
     FAULT_ERROR,
     FAULT_VECTOR,
     FLAG_CF,
@@ -144,6 +164,7 @@ from vm.cpu.state import (
     MEM_BASE,
     MEM_SIZE,
     N_BREAKPOINTS,
+    NON_ROOT,
     PIC_IRR,
     PIC_VECTOR_BASE,
     SCRATCH_SIZE,
@@ -166,6 +187,7 @@ from vm.cpu.system import (
     SYSTEM_EXIT_CR_ACCESS,
     SYSTEM_FAULT,
     cpuid,
+    cr0_as_read,
     deliver,
     iret,
     load_machine_status_word,
@@ -185,6 +207,7 @@ VECTOR_BP = 3  # breakpoint (INT3)
 VECTOR_UD = 6  # invalid opcode
 VECTOR_DF = 8  # double fault
 VECTOR_GP = 13  # general protection
+VECTOR_PF = 14  # page fault
 NO_ERROR_CODE = -1
 
 
@@ -404,6 +427,7 @@ EVENT_DELIVERED = 0
 EVENT_EXIT = 1  # an exception exits (EXC_EXIT_BITMAP): FAULT
 EVENT_SHUTDOWN = 2
 EVENT_SOFTWARE_EXIT = 3  # INT n / INT3 exits (EXIT_ON_SOFT_INT, SOFT_INT_EXITS): SOFTWARE_INTERRUPT
+EVENT_NESTED = 4  # a nested page fault stopped it: NESTED_PAGE_FAULT (EXIT_VECTORING says what)
 
 
 @jit(pair(i64)(Mem, State, i64, b1, i64))
@@ -417,7 +441,7 @@ def fetch(mem, state, eip, user, have):
     """
     scratch_at = mem.size - SCRATCH_SIZE
     lin = (eip + have) & MASK32
-    if state[CR0] & CR0_PG:
+    if state[CR0] & CR0_PG or state[EPT_POINTER] & EPT_ENABLE:
         page = translate(mem, state, lin, False, user)
         if page < 0:
             return 0, -1
@@ -436,18 +460,87 @@ def fetch(mem, state, eip, user, have):
     return scratch_at, have + n
 
 
+@jit(types.none(State, i64, i64))
+def exception_exit(state, vector, error):
+    """Record an exception that exits (the exception bitmap names it): its vector and
+    error code, and for a #PF the address as the qualification (as VT-x gives it)."""
+    state[EXIT_VECTOR] = vector
+    state[EXIT_ERROR] = error
+    if vector == VECTOR_PF:
+        state[EXIT_QUALIFICATION] = state[CR2]
+
+
+@jit(i64(i64, b1))
+def vectoring_info(vector, software):
+    """VT-x's IDT-vectoring information for an event being delivered (no error bit)."""
+    if software:
+        kind = EVENT_SOFTWARE_INTERRUPT
+    elif vector < 32:
+        kind = EVENT_HARDWARE_EXCEPTION
+    else:
+        kind = EVENT_EXTERNAL
+    return EVENT_VALID | (kind << EVENT_TYPE_SHIFT) | (vector & 0xFF)
+
+
+@jit(types.UniTuple(i64, 3)(Mem, State, i64, i64, i64, i64, b1, i64))
+def deliver_event(mem, state, vector, error, return_eip, flags, software, instruction_eip):
+    """Deliver an event through the guest's IDT -> (EVENT_*, EIP, EFLAGS), and what follows
+    when the delivery itself faults: INT n's fault at the INT instruction; for any other
+    event a double fault (#DF), and a fault while delivering that is a triple fault
+    (SHUTDOWN), as on real x86. A nested page fault on the way stops it all: the exit
+    NESTED_PAGE_FAULT at ``instruction_eip``, with the event in EXIT_VECTORING so the VMM
+    can deliver it again."""
+    ok, new_eip, new_flags = deliver(mem, state, vector, error, return_eip, flags, software)
+    if ok:
+        return EVENT_DELIVERED, new_eip, new_flags
+    if state[FAULT_VECTOR] == VECTOR_NPF:
+        state[EXIT_VECTORING] = vectoring_info(vector, software)
+        if error >= 0 and not software:
+            state[EXIT_VECTORING] |= EVENT_DELIVER_ERROR
+        state[EXIT_VECTORING_ERROR] = error
+        return EVENT_NESTED, instruction_eip, flags
+    if software:  # the INT instruction faults instead
+        vector = state[FAULT_VECTOR] & 0xFF
+        error = state[FAULT_ERROR]
+        state[VECTOR_COUNTS + vector] += 1
+        if (state[EXC_EXIT_BITMAP] >> vector) & 1:
+            exception_exit(state, vector, error)
+            return EVENT_EXIT, instruction_eip, flags
+        ok, new_eip, new_flags = deliver(mem, state, vector, error, instruction_eip, flags, False)
+        if ok:
+            return EVENT_DELIVERED, new_eip, new_flags
+        if state[FAULT_VECTOR] == VECTOR_NPF:
+            state[EXIT_VECTORING] = vectoring_info(vector, False) | EVENT_DELIVER_ERROR
+            state[EXIT_VECTORING_ERROR] = error
+            return EVENT_NESTED, instruction_eip, flags
+    if vector == VECTOR_DF:
+        return EVENT_SHUTDOWN, return_eip, flags
+    state[VECTOR_COUNTS + VECTOR_DF] += 1
+    if (state[EXC_EXIT_BITMAP] >> VECTOR_DF) & 1:
+        exception_exit(state, VECTOR_DF, 0)
+        return EVENT_EXIT, return_eip, flags
+    ok, new_eip, new_flags = deliver(mem, state, VECTOR_DF, 0, return_eip, flags, False)
+    if ok:
+        return EVENT_DELIVERED, new_eip, new_flags
+    if state[FAULT_VECTOR] == VECTOR_NPF:
+        state[EXIT_VECTORING] = vectoring_info(VECTOR_DF, False) | EVENT_DELIVER_ERROR
+        state[EXIT_VECTORING_ERROR] = 0
+        return EVENT_NESTED, instruction_eip, flags
+    return EVENT_SHUTDOWN, return_eip, flags
+
+
 @jit(types.UniTuple(i64, 3)(Mem, State, i64, i64, i64, i64, b1, i64))
 def raise_event(mem, state, vector, error, return_eip, flags, software, instruction_eip):
     """Take an exception or interrupt -> (EVENT_*, EIP, EFLAGS).
 
     It exits to Python when the exception-exit bitmap (or, for INT n and INT3,
     EXIT_ON_SOFT_INT with the vector's SOFT_INT_EXITS bit) says so, else it is delivered
-    through the guest's IDT. When INT n cannot be
-    delivered (a gate's DPL, a bad gate), the fault that stopped it is raised instead, at
-    the INT instruction (``instruction_eip``). A fault while delivering an exception or
-    interrupt becomes a double fault (#DF); a fault while delivering that is a triple
-    fault: SHUTDOWN, as on real x86.
+    through the guest's IDT (deliver_event). A nested page fault (VECTOR_NPF, the access
+    itself) is no exception: it exits as NESTED_PAGE_FAULT at ``instruction_eip``.
     """
+    if vector == VECTOR_NPF:
+        state[EXIT_VECTORING] = 0
+        return EVENT_NESTED, instruction_eip, flags
     vector &= 0xFF  # (vectors are 8 bits, whatever FAULT_VECTOR or the PIC's base say)
     state[VECTOR_COUNTS + vector] += 1
     if software:
@@ -458,34 +551,23 @@ def raise_event(mem, state, vector, error, return_eip, flags, software, instruct
                 state[EXIT_ERROR] = error
                 return EVENT_SOFTWARE_EXIT, return_eip, flags
     elif vector < 32 and (state[EXC_EXIT_BITMAP] >> vector) & 1:
-        state[EXIT_VECTOR] = vector
-        state[EXIT_ERROR] = error
+        exception_exit(state, vector, error)
         return EVENT_EXIT, return_eip, flags
-    ok, new_eip, new_flags = deliver(mem, state, vector, error, return_eip, flags, software)
-    if ok:
-        return EVENT_DELIVERED, new_eip, new_flags
-    if software:  # the INT instruction faults instead
-        vector = state[FAULT_VECTOR] & 0xFF
-        error = state[FAULT_ERROR]
-        state[VECTOR_COUNTS + vector] += 1
-        if (state[EXC_EXIT_BITMAP] >> vector) & 1:
-            state[EXIT_VECTOR] = vector
-            state[EXIT_ERROR] = error
-            return EVENT_EXIT, instruction_eip, flags
-        ok, new_eip, new_flags = deliver(mem, state, vector, error, instruction_eip, flags, False)
-        if ok:
-            return EVENT_DELIVERED, new_eip, new_flags
-    if vector == VECTOR_DF:
-        return EVENT_SHUTDOWN, return_eip, flags
-    state[VECTOR_COUNTS + VECTOR_DF] += 1
-    if (state[EXC_EXIT_BITMAP] >> VECTOR_DF) & 1:
-        state[EXIT_VECTOR] = VECTOR_DF
-        state[EXIT_ERROR] = 0
-        return EVENT_EXIT, return_eip, flags
-    ok, new_eip, new_flags = deliver(mem, state, VECTOR_DF, 0, return_eip, flags, False)
-    if ok:
-        return EVENT_DELIVERED, new_eip, new_flags
-    return EVENT_SHUTDOWN, return_eip, flags
+    return deliver_event(mem, state, vector, error, return_eip, flags, software, instruction_eip)
+
+
+@jit(types.UniTuple(i64, 3)(Mem, State, i64, i64))
+def inject_event(mem, state, eip, flags):
+    """VM entry's event injection: deliver the event ENTRY_INTERRUPTION describes (its
+    error code from ENTRY_ERROR) through the guest's IDT, as if it had just happened,
+    whatever the exception bitmap says -> (EVENT_*, EIP, EFLAGS). The field is cleared."""
+    info = state[ENTRY_INTERRUPTION]
+    state[ENTRY_INTERRUPTION] = 0
+    vector = info & 0xFF
+    software = ((info >> EVENT_TYPE_SHIFT) & 7) == EVENT_SOFTWARE_INTERRUPT
+    error = state[ENTRY_ERROR] & MASK32 if info & EVENT_DELIVER_ERROR else NO_ERROR_CODE
+    state[VECTOR_COUNTS + vector] += 1
+    return deliver_event(mem, state, vector, error, eip, flags, software, eip)
 
 
 @jit(i64(State, Mem, i64))
@@ -514,6 +596,12 @@ def run(state, mem, budget):
     skip_break = state[SKIP_BREAKPOINT]
     state[SKIP_BREAKPOINT] = 0
     controls = state[EXIT_CONTROLS]
+    # VMX non-root mode's events at instruction boundaries: an event to inject at this
+    # entry, and interrupt-window exiting. (One test of a local per instruction.)
+    nested = (state[EPT_POINTER] & EPT_ENABLE) != 0
+    injecting = (state[ENTRY_INTERRUPTION] & EVENT_VALID) != 0
+    window_exiting = (controls & EXIT_ON_INTERRUPT_WINDOW) != 0 and state[NON_ROOT] != 0
+    special = injecting or window_exiting
 
     eip = state[EIP] & MASK32
     flags = state[EFLAGS] & MASK32
@@ -552,6 +640,30 @@ def run(state, mem, budget):
             # tick_at + k * period after now
             tick_at += ((cycles - tick_at) // timer_period + 1) * timer_period
             irq_pending = irq_waiting(state)
+        if special:  # VMX non-root mode: an event to inject, an interrupt window
+            if injecting:  # VM entry: the event the VMM injects comes first
+                injecting = False
+                special = window_exiting
+                flags = materialize(lop, la, lb, lres, lmask, flags)
+                lop = LOP_NONE
+                outcome, eip, flags = inject_event(mem, state, eip, flags)
+                cycles += state[COST_EXCEPTION]
+                events += 1
+                if outcome == EVENT_NESTED:
+                    reason = EXIT_NESTED_PAGE_FAULT
+                    state[EXIT_INSTRUCTION_LENGTH] = 0
+                    break
+                if outcome == EVENT_EXIT:
+                    reason = EXIT_FAULT
+                    state[EXIT_INSTRUCTION_LENGTH] = 0
+                    break
+                if outcome == EVENT_SHUTDOWN:
+                    reason = EXIT_SHUTDOWN
+                    break
+                continue  # (a single step shows the injection on its own)
+            if flags & FLAG_IF and not blocked_by_sti_or_mov_ss:
+                reason = EXIT_INTERRUPT_WINDOW  # (the guest can take an interrupt now)
+                break
         if irq_pending and controls & EXIT_ON_INTERRUPT:  # the VMM takes every IRQ, IF or not
             irq = take_irq(state)
             state[EXIT_VECTOR] = (state[PIC_VECTOR_BASE] + irq) & 0xFF
@@ -571,6 +683,10 @@ def run(state, mem, budget):
                 irq_pending = irq_waiting(state)
                 if outcome == EVENT_SHUTDOWN:
                     reason = EXIT_SHUTDOWN
+                    break
+                if outcome == EVENT_NESTED:
+                    reason = EXIT_NESTED_PAGE_FAULT
+                    state[EXIT_INSTRUCTION_LENGTH] = 0
                     break
                 continue  # (a single step shows the delivery on its own)
             irq_pending = irq_waiting(state)
@@ -598,7 +714,7 @@ def run(state, mem, budget):
         if offset <= 4096 - MAX_INSTRUCTION:
             if state[CR0] & CR0_PG:
                 page = tlb_lookup(state, eip, False, user)
-            elif eip + MAX_INSTRUCTION <= memsize:
+            elif eip + MAX_INSTRUCTION <= memsize and not nested:
                 page = eip - offset
         if page >= 0:
             p = membase + page + offset
@@ -1014,6 +1130,10 @@ def run(state, mem, budget):
                 state[EXIT_SIZE] = osize
                 state[EXIT_IS_IN] = 1 if is_in else 0
                 state[EXIT_VALUE] = value
+                # VT-x's I/O qualification: size - 1, IN, immediate port, the port
+                state[EXIT_QUALIFICATION] = (
+                    (osize - 1) | (8 if is_in else 0) | (0x40 if op < 0xEC else 0) | (port << 16)
+                )
                 reason = EXIT_IO
         elif handler == H_IRET:  # CF  IRET (to any ring; pops ESP and SS when going out)
             ok, new_eip, new_flags = iret(mem, state, materialize(lop, la, lb, lres, lmask, flags))
@@ -1027,14 +1147,18 @@ def run(state, mem, budget):
             fault = store_table_register(mem, state, reg == 1, ea, user)
         elif handler == H_LGDT_LIDT:  # 0F 01 /2  LGDT m;  0F 01 /3  LIDT m  (CPL 0)
             fault = load_table_register(mem, state, reg == 3, ea, user)
-        elif handler == H_SMSW:  # 0F 01 /4  SMSW r/m32 (reveals CR0)
-            fault = store_word_or_dword(mem, state, mod, rm, ea, state[CR0], user)
+        elif handler == H_SMSW:  # 0F 01 /4  SMSW r/m32 (reveals CR0; non-root: its read shadow)
+            fault = store_word_or_dword(mem, state, mod, rm, ea, cr0_as_read(state), user)
         elif handler == H_LMSW:  # 0F 01 /6  LMSW r/m16 (CPL 0): CR0's PE MP EM TS
             status = load_machine_status_word(state, src)
             if status == SYSTEM_EXIT_CR_ACCESS:
                 reason = EXIT_CR_ACCESS
         elif handler == H_INVLPG:  # 0F 01 /7  INVLPG m (CPL 0)
-            invalidate_page(state, ea)
+            if controls & EXIT_ON_INVLPG and state[NON_ROOT]:  # INVLPG exiting
+                state[EXIT_QUALIFICATION] = ea  # (the linear address)
+                reason = EXIT_INVLPG
+            else:
+                invalidate_page(state, ea)
         elif handler == H_SLDT_STR:
             # 0F 00 /0  SLDT r/m32 (there is never an LDT);  0F 00 /1  STR r/m32
             value = 0 if reg == 0 else state[TR]
@@ -1092,6 +1216,17 @@ def run(state, mem, budget):
             outcome, eip, flags = raise_event(
                 mem, state, state[FAULT_VECTOR], state[FAULT_ERROR], eip, flags, trap, start
             )
+            if outcome == EVENT_NESTED:  # the instruction (or INT n) runs again after it
+                if trap:
+                    count -= 1
+                    cycles -= state[COST_TABLE + form]
+                state[ESP] = esp_before
+                reason = EXIT_NESTED_PAGE_FAULT
+                state[EXIT_INSTRUCTION_LENGTH] = length
+                break
+            if outcome == EVENT_EXIT and trap and eip == start:
+                count -= 1  # INT n faulted instead (its fault exits): it did not retire
+                cycles -= state[COST_TABLE + form]
             if outcome == EVENT_EXIT or outcome == EVENT_SOFTWARE_EXIT:
                 reason = EXIT_FAULT if outcome == EVENT_EXIT else EXIT_SOFTWARE_INTERRUPT
                 state[EXIT_INSTRUCTION_LENGTH] = length

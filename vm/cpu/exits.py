@@ -17,6 +17,8 @@ EXIT_NESTED_PAGE_FAULT = 9
 EXIT_SHUTDOWN = 10
 EXIT_INTERRUPT = 11  # an external interrupt arrived (EXIT_ON_INTERRUPT): the VMM takes it
 EXIT_SOFTWARE_INTERRUPT = 12  # INT n or INT3 whose vector exits (SOFT_INT_EXITS): EIP after it
+EXIT_INVLPG = 13  # INVLPG in VMX non-root mode (EXIT_ON_INVLPG): EIP after it
+EXIT_INTERRUPT_WINDOW = 14  # the guest can take an interrupt now (EXIT_ON_INTERRUPT_WINDOW)
 
 
 class ExitReason(IntEnum):
@@ -35,3 +37,5 @@ class ExitReason(IntEnum):
     SHUTDOWN = EXIT_SHUTDOWN
     INTERRUPT = EXIT_INTERRUPT
     SOFTWARE_INTERRUPT = EXIT_SOFTWARE_INTERRUPT
+    INVLPG = EXIT_INVLPG
+    INTERRUPT_WINDOW = EXIT_INTERRUPT_WINDOW

@@ -99,10 +99,29 @@ SOFT_INT_EXITS = 64
 SOFT_INT_EXITS_SIZE = 8
 STAT_IDLE_CYCLES = 72  # cycles a HLT waited for the next timer tick (the CPU was idle)
 
+# VMX non-root operation (hardware-assisted virtualization, VT-x style): the guest kernel
+# runs at its own ring 0 and the control structure (these slots, the exception bitmap and
+# EXIT_CONTROLS; vm.cpu.vmcs shows them as a VMCS) chooses what exits.
+NON_ROOT = 73  # 1: the CPU is in VMX non-root mode (CR0 read shadow, CR3 and INVLPG exits)
+EPT_POINTER = 74  # nested paging: host-physical page directory | EPT_ENABLE (0: off)
+CR0_GUEST_HOST_MASK = 75  # CR0 bits the VMM owns: a write changing one exits
+CR0_READ_SHADOW = 76  # what the guest reads in the bits the VMM owns (MOV from CR0, SMSW)
+ENTRY_INTERRUPTION = 77  # VM-entry interruption information: an event to inject on entry
+ENTRY_ERROR = 78  # ... its error code (with ENTRY_DELIVER_ERROR)
+EXIT_QUALIFICATION = 79  # what the exit was about (VT-x's layout per exit reason, below)
+EXIT_GUEST_LINEAR = 80  # NESTED_PAGE_FAULT: the guest linear address (when the access had one)
+EXIT_GUEST_PHYSICAL = 81  # NESTED_PAGE_FAULT: the guest-physical address
+EXIT_VECTORING = 82  # IDT-vectoring information: the event being delivered when it exited
+EXIT_VECTORING_ERROR = 83  # ... its error code
+# The nested paging-structure cache: one 4 MiB nested page (a nested directory entry with
+# PS set) that a nested walk need not read again (tag: guest-physical >> 22, or -1).
+NESTED_CACHE_TAG = 84
+NESTED_CACHE_ENTRY = 85
+
 # Slot ranges after the registers: breakpoint addresses, then the cost table
 # (simulated cycles per form slot, see vm.isa.opcode_cost_table).
 MAX_BREAKPOINTS = 64
-BREAKPOINTS = 80
+BREAKPOINTS = 96
 COST_TABLE = BREAKPOINTS + MAX_BREAKPOINTS
 COST_TABLE_SIZE = FORM_SLOTS
 # How many times each vector was delivered or exited (exceptions, IRQs, INT n).
@@ -139,6 +158,32 @@ EXIT_ON_INTERRUPT = 32  # an unmasked IRQ exits (INTERRUPT, whatever IF says) in
 # delivered: the VMM owns the hardware's interrupts (VT-x's external-interrupt exiting)
 EXIT_ON_VMCALL = 64  # VMCALL exits (HYPERCALL, EIP at the VMCALL, as VT-x does) instead of
 # raising #UD: the VMM carries the call out and moves EIP past it
+# In VMX non-root mode (NON_ROOT) only:
+EXIT_ON_CR3_LOAD = 128  # MOV CR3, r32 exits (CR_ACCESS): shadow paging needs it, nested not
+EXIT_ON_CR3_STORE = 256  # MOV r32, CR3 exits (CR_ACCESS): the guest reads its own CR3 back
+EXIT_ON_INVLPG = 512  # INVLPG exits (INVLPG, the linear address as qualification)
+EXIT_ON_INTERRUPT_WINDOW = 1024  # exit (INTERRUPT_WINDOW) before the first instruction at
+# which the guest can take an interrupt (IF = 1, no STI or MOV SS blocking)
+
+# EPT_POINTER's valid bit (the directory is 4 KiB aligned, so the low bits are free).
+EPT_ENABLE = 1
+# ENTRY_INTERRUPTION and EXIT_VECTORING, as VT-x lays them out.
+EVENT_VALID = 0x80000000
+EVENT_DELIVER_ERROR = 0x800  # push ENTRY_ERROR (EXIT_VECTORING_ERROR) as the error code
+EVENT_TYPE_SHIFT = 8  # bits 10:8: the type of event
+EVENT_EXTERNAL = 0  # an external interrupt (from the VMM's virtual PIC)
+EVENT_HARDWARE_EXCEPTION = 3  # an exception (#GP, #PF, ...)
+EVENT_SOFTWARE_INTERRUPT = 4  # INT n (the gate's DPL is checked)
+# EXIT_QUALIFICATION of a NESTED_PAGE_FAULT (VT-x's EPT violation): the access, what the
+# nested entry allowed, and whether it was the final page or a guest page-table entry.
+NPF_READ = 0x1
+NPF_WRITE = 0x2
+NPF_FETCH = 0x4
+NPF_ENTRY_PRESENT = 0x8  # the nested entry was present (a write to a read-only page)
+NPF_ENTRY_WRITABLE = 0x10
+NPF_LINEAR_VALID = 0x80  # EXIT_GUEST_LINEAR holds the guest linear address
+NPF_FINAL = 0x100  # the access was to the page itself (0: to a guest page-table entry)
+NPF_MISCONFIGURED = 0x10000  # vmlab's: a nested entry points outside the VM's memory
 
 # EFLAGS bits.
 FLAG_CF = 0x001
@@ -172,6 +217,7 @@ def new_state() -> np.ndarray:
     state[PIC_VECTOR_BASE] = 32
     state[TIMER_SCALE] = 1
     state[TLB_TAGS : TLB_TAGS + TLB_ENTRIES] = -1
+    state[NESTED_CACHE_TAG] = -1
     return state
 
 
@@ -196,6 +242,10 @@ SLOT_LAYOUT = (
     ("DS", 1), ("ES", 1), ("FS", 1), ("GS", 1),
     ("FRAME", FRAME_SIZE), ("EXIT_INSTRUCTION_LENGTH", 1),
     ("SOFT_INT_EXITS", SOFT_INT_EXITS_SIZE), ("STAT_IDLE_CYCLES", 1),
+    ("NON_ROOT", 1), ("EPT_POINTER", 1), ("CR0_GUEST_HOST_MASK", 1), ("CR0_READ_SHADOW", 1),
+    ("ENTRY_INTERRUPTION", 1), ("ENTRY_ERROR", 1), ("EXIT_QUALIFICATION", 1),
+    ("EXIT_GUEST_LINEAR", 1), ("EXIT_GUEST_PHYSICAL", 1), ("EXIT_VECTORING", 1),
+    ("EXIT_VECTORING_ERROR", 1), ("NESTED_CACHE_TAG", 1), ("NESTED_CACHE_ENTRY", 1),
     ("BREAKPOINTS", MAX_BREAKPOINTS), ("COST_TABLE", COST_TABLE_SIZE),
     ("VECTOR_COUNTS", 256), ("TLB_TAGS", TLB_ENTRIES), ("TLB_VALUES", TLB_ENTRIES),
 )  # fmt: skip

@@ -16,7 +16,9 @@ from vm.cpu.jit import Mem, State, b1, i64, jit, pair
 from vm.cpu.memory import flush_tlb, host_index_slow, load, store
 from vm.cpu.state import (
     CR0,
+    CR0_GUEST_HOST_MASK,
     CR0_PE,
+    CR0_READ_SHADOW,
     CR2,
     CR3,
     CR4,
@@ -32,7 +34,10 @@ from vm.cpu.state import (
     EXIT_CR,
     EXIT_CR_REGISTER,
     EXIT_CR_WRITE,
+    EXIT_ON_CR3_LOAD,
+    EXIT_ON_CR3_STORE,
     EXIT_ON_CR_ACCESS,
+    EXIT_QUALIFICATION,
     EXIT_VALUE,
     FAULT_ERROR,
     FAULT_VECTOR,
@@ -46,6 +51,7 @@ from vm.cpu.state import (
     GS,
     IDTR_BASE,
     IDTR_LIMIT,
+    NON_ROOT,
     SS,
     TR,
     TSS_BASE,
@@ -354,16 +360,40 @@ def load_table_register(mem, state, idt, ea, user):
     return False
 
 
+# CR_ACCESS qualification (VT-x's layout): bits 3:0 the CR, 5:4 the access type, 11:8
+# the general register, 31:16 LMSW's source operand.
+CR_ACCESS_TO_CR = 0
+CR_ACCESS_FROM_CR = 1
+CR_ACCESS_LMSW = 3
+
+
 @jit(i64(State, i64, b1, i64, i64))
 def exit_cr_access(state, cr, write, register, value):
     """Record a control-register access for the VMM to emulate (EIP is past it): which
-    CRn, read or write, the general register (-1 for LMSW) and the value a write writes;
-    SYSTEM_EXIT_CR_ACCESS."""
+    CRn, read or write, the general register (-1 for LMSW) and the value a write writes,
+    and the same as VT-x's qualification; SYSTEM_EXIT_CR_ACCESS."""
     state[EXIT_CR] = cr
     state[EXIT_CR_WRITE] = 1 if write else 0
     state[EXIT_CR_REGISTER] = register
     state[EXIT_VALUE] = value
+    if register < 0:
+        kind = CR_ACCESS_LMSW
+    else:
+        kind = CR_ACCESS_TO_CR if write else CR_ACCESS_FROM_CR
+    gpr = register & 0xF if register >= 0 else 0
+    lmsw = (value & 0xFFFF) << 16 if register < 0 else 0
+    state[EXIT_QUALIFICATION] = (cr & 0xF) | (kind << 4) | (gpr << 8) | lmsw
     return SYSTEM_EXIT_CR_ACCESS
+
+
+@jit(i64(State))
+def cr0_as_read(state):
+    """CR0 as MOV r32, CR0 and SMSW read it: in VMX non-root mode the bits the VMM owns
+    (CR0_GUEST_HOST_MASK) come from the read shadow."""
+    if not state[NON_ROOT]:
+        return state[CR0]
+    mask = state[CR0_GUEST_HOST_MASK]
+    return ((state[CR0] & ~mask) | (state[CR0_READ_SHADOW] & mask)) & MASK32
 
 
 @jit(i64(State, i64, i64))
@@ -372,21 +402,35 @@ def mov_from_cr(state, cr, rm):
     slot = CR_SLOTS[cr & 7]
     if slot < 0:
         return fail_status(state, VECTOR_UD, -1)
-    if state[EXIT_CONTROLS] & EXIT_ON_CR_ACCESS:  # the VMM emulates it (EIP is past it)
+    controls = state[EXIT_CONTROLS]
+    if controls & EXIT_ON_CR_ACCESS:  # the VMM emulates it (EIP is past it)
         return exit_cr_access(state, cr, False, rm, 0)
-    state[rm] = state[slot]
+    if slot == CR3 and state[NON_ROOT] and controls & EXIT_ON_CR3_STORE:  # CR3-store exiting
+        return exit_cr_access(state, cr, False, rm, 0)
+    state[rm] = cr0_as_read(state) if slot == CR0 else state[slot]
     return SYSTEM_OK
 
 
 @jit(i64(State, i64, i64))
 def mov_to_cr(state, cr, rm):
-    """MOV CRn, r32. CR0.PE stays set; a CR0 or CR3 write forgets every translation."""
+    """MOV CRn, r32. CR0.PE stays set; a CR0 or CR3 write forgets every translation.
+
+    In VMX non-root mode a CR0 write that would change a bit the VMM owns (its value
+    differs from the read shadow's) exits, as does a CR3 load with CR3-load exiting."""
     slot = CR_SLOTS[cr & 7]
     if slot < 0:
         return fail_status(state, VECTOR_UD, -1)
     value = state[rm]
     if state[EXIT_CONTROLS] & EXIT_ON_CR_ACCESS:
         return exit_cr_access(state, cr, True, rm, value)
+    if state[NON_ROOT]:
+        if slot == CR3 and state[EXIT_CONTROLS] & EXIT_ON_CR3_LOAD:
+            return exit_cr_access(state, cr, True, rm, value)
+        if slot == CR0:
+            mask = state[CR0_GUEST_HOST_MASK]
+            if (value ^ state[CR0_READ_SHADOW]) & mask:
+                return exit_cr_access(state, cr, True, rm, value)
+            value = (state[CR0] & mask) | (value & ~mask & MASK32)  # owned bits stay
     if slot == CR0:
         value |= CR0_PE  # protected mode cannot be left (see README, Differences)
     state[slot] = value
@@ -398,10 +442,18 @@ def mov_to_cr(state, cr, rm):
 @jit(i64(State, i64))
 def load_machine_status_word(state, value):
     """LMSW: CR0's PE MP EM TS from the low 4 bits of value; PE cannot be cleared. With
-    EXIT_ON_CR_ACCESS it exits as a CR0 write of the value it would leave (register -1)."""
+    EXIT_ON_CR_ACCESS (or, in non-root mode, a change to a bit the VMM owns) it exits as a
+    CR0 write of the value it would leave (register -1)."""
     cr0 = (state[CR0] & ~(CR0_MSW & ~CR0_PE)) | (value & CR0_MSW)
     if state[EXIT_CONTROLS] & EXIT_ON_CR_ACCESS:
         return exit_cr_access(state, 0, True, -1, cr0)
+    if state[NON_ROOT]:
+        mask = state[CR0_GUEST_HOST_MASK] & CR0_MSW
+        shadow = state[CR0_READ_SHADOW]
+        wanted = (shadow & ~(CR0_MSW & ~CR0_PE)) | (value & CR0_MSW)
+        if (wanted ^ shadow) & mask:
+            return exit_cr_access(state, 0, True, -1, wanted)
+        cr0 = (state[CR0] & (mask | ~CR0_MSW)) | (value & CR0_MSW & ~mask) | (state[CR0] & CR0_PE)
     state[CR0] = cr0
     return SYSTEM_OK
 

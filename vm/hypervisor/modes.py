@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from vm.cpu.cost import CostModel
 from vm.hypervisor.binary_translation import BinaryTranslationVM
 from vm.hypervisor.containers import ContainersVM
+from vm.hypervisor.hw_assist import HardwareAssistVM
 from vm.hypervisor.native import BareMetalVM
 from vm.hypervisor.paravirt import ParavirtVM
 from vm.hypervisor.trap_emulate import TrapEmulateVM
@@ -46,6 +47,11 @@ def _trap_emulate(machine: Machine, ram_size: int, cost: CostModel, name: str, k
 
 def _binary_translation(machine: Machine, ram_size: int, cost: CostModel, name: str, text, **_):
     return BinaryTranslationVM(machine, ram_size, cost, name, text)
+
+
+def _hw_assist(machine: Machine, ram_size: int, cost: CostModel, name: str, text, **o):
+    paging, console = o.get("paging"), o.get("console", "emulated")
+    return HardwareAssistVM(machine, ram_size, cost, name, paging=paging, console=console)
 
 
 def _paravirt(machine: Machine, ram_size: int, cost: CostModel, name: str, text, **_):
@@ -90,6 +96,13 @@ MODE_TABLE: dict[str, Mode] = {
             "full virtualization: the kernel's sensitive instructions translated to callouts",
             VMM_AREA,
             _binary_translation,
+        ),
+        Mode(
+            "hw-assist",
+            "full virtualization: the kernel in VT-x's non-root mode, nested or shadow paging",
+            VMM_AREA,
+            _hw_assist,
+            frozenset({"paging", "console"}),
         ),
         Mode(
             "paravirt",

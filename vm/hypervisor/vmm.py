@@ -67,6 +67,7 @@ AFTER_INSTRUCTION = frozenset(
         ExitReason.HALT,
         ExitReason.CPUID,
         ExitReason.CR_ACCESS,
+        ExitReason.INVLPG,
     )
 )
 
@@ -88,6 +89,8 @@ def exit_kind(reason: int, vector: int) -> str:
         ExitReason.BREAKPOINT: "breakpoint",
         ExitReason.SHUTDOWN: "triple fault",
         ExitReason.NESTED_PAGE_FAULT: "nested #PF",
+        ExitReason.INVLPG: "INVLPG",
+        ExitReason.INTERRUPT_WINDOW: "interrupt window",
     }.get(ExitReason(reason), ExitReason(reason).name)
 
 
@@ -289,6 +292,11 @@ class VM:
     def hardware_walks_other_tables(self) -> bool:
         """Does the CPU walk tables other than the guest's (a VMM's shadow tables)?"""
         return False
+
+    def control_structure(self) -> object | None:
+        """The hardware's control structure for this guest (vm.cpu.vmcs.VMCS) when it runs
+        in VMX non-root mode; None for every other mode."""
+        return None
 
     @property
     def guest_ram(self) -> int:
