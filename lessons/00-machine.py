@@ -34,13 +34,12 @@
 # exercise runs its public tests; more tests run when it is graded.
 
 # %% tags=["setup"]
-STUDENT = "your-student-id"  # <- your id: it picks your variant
-
 from vm.asm import assemble
 from vm.lessons import Lesson
 from vm.lessons.helpers import outcome, run_asm
 from vm.machine import Machine
 
+STUDENT = "your-student-id"  # <- your id: it picks your variant
 lesson = Lesson("00-machine", student=STUDENT)
 check = lesson.check
 OPERATION = lesson.pick("OPERATION", ["ebx * ecx + edx", "(ebx + ecx) * edx", "ebx * ebx - ecx"])

@@ -23,11 +23,10 @@
 # In this lesson (about 30 minutes) you will: (learning goals, 2-4 of them).
 
 # %% tags=["setup"]
-STUDENT = "your-student-id"  # <- your id: it picks your variant
-
 from vm.lessons import Lesson
 from vm.lessons.helpers import outcome, run_asm
 
+STUDENT = "your-student-id"  # <- your id: it picks your variant
 lesson = Lesson("99-template", student=STUDENT)
 check = lesson.check
 NUMBER = lesson.pick("NUMBER", range(2, 100))  # each student's own value
@@ -53,6 +52,7 @@ print(run_asm("mov eax, 2\nadd eax, 2\nhlt").regs.eax)
 SOURCE = f"mov eax, {NUMBER}\nadd eax, eax\nhlt"
 ### END SOLUTION
 
+
 # %% nbgrader={"grade": true, "grade_id": "99-double-check", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 @lesson.test("99-double")
 def eax_is_twice_your_number(t):
@@ -65,6 +65,8 @@ def eax_is_twice_your_number(t):
 @lesson.test("99-double", hidden=True)
 def nothing_else_changed(t):
     t.expect(run_asm(SOURCE).regs.edi, 0, "EDI")
+
+
 ### END HIDDEN TESTS
 
 check("99-double")

@@ -220,6 +220,12 @@ class Lesson:
         self.variant[name] = value
         return value
 
+    def sample(self, name: str, population: Iterable[Any], k: int) -> list[Any]:
+        """``k`` different values of this student's variant, drawn from ``population``."""
+        values = self._rng.sample(list(population), k)
+        self.variant[name] = values
+        return values
+
     def test(self, exercise: str, hidden: bool = False) -> Callable:
         """Decorator: register ``function(t)`` as a test of ``exercise``."""
 
