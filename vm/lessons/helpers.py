@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
 from vm.asm import AsmError, assemble
 from vm.cpu.state import EXIT_ON_HLT
 from vm.machine import Exit, ExitReason, Machine
@@ -159,3 +161,63 @@ def interrupt_frame(user_esp: int, user_eip: int, esp0: int, eflags: int = 0x202
     m.exit = m.run(10)
     esp = m.regs.esp
     return esp, [m.read32(esp + 4 * i) for i in range(5)]
+
+
+def run_user_code(source: str, mode: str, budget: int = 10_000) -> dict[str, int]:
+    """Run ``source`` as toyos user code at ring 3 in ``mode`` (it replaces the code of
+    the syscalls program where it stands) until the instruction after it; the registers
+    then, as the guest sees them. Stops early if the code faults or runs too long."""
+    guest = boot_to_user("syscalls", mode)
+    view = guest.view()
+    start = view.eip
+    try:
+        code = assemble(source, origin=start).code
+    except AsmError as error:
+        raise GuestCodeError(f"your assembly does not assemble: {error}") from None
+    physical = view.translate(start).physical
+    window = guest.vm.machine.window
+    if physical < 0 or (physical + len(code)) // 4096 != physical // 4096:
+        raise GuestCodeError("your code is too long for this page (keep it under 1 KiB)")
+    window[physical : physical + len(code) + 1] = np.frombuffer(code + b"\x90", np.uint8)
+    end = start + len(code)
+    guest.add_breakpoint(end)
+    guest.run(budget)
+    registers = dict(guest.view().registers)
+    registers["finished"] = int(guest.view().eip == end)
+    return registers
+
+
+def kernel_code(kernel: str = "native") -> tuple[bytes, int]:
+    """(the bytes of toyos's kernel text, the address they start at)."""
+    from vm.guest.toyos import build, kernel_text
+    from vm.hypervisor.modes import kernel_defines
+
+    program, _ = build(kernel_defines(kernel, True))
+    start, end = kernel_text(program)
+    return program.code[start - program.origin : end - program.origin], start
+
+
+def boot_with_sites(workload: str, sites) -> object:
+    """toyos under trap-and-emulate with the kernel patched at ``sites`` (addresses) instead
+    of the sites the VMM's own scan finds."""
+    import vm
+    from vm.cpu.decode import MAX_INSTRUCTION, decode_form
+    from vm.hypervisor import patching
+
+    addresses = sorted({int(a) for a in sites})
+    original = patching.scan
+
+    def scan(window, start, end, wanted):
+        found = {}
+        for a in addresses:
+            if start <= a < end:
+                ins = decode_form(window[a : a + MAX_INSTRUCTION].tobytes())
+                if ins is not None and ins.name in wanted:
+                    found[a] = ins
+        return found, end
+
+    patching.scan = scan
+    try:
+        return vm.boot(workload, mode="trap-emulate")
+    finally:
+        patching.scan = original
