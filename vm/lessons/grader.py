@@ -256,7 +256,11 @@ class Grader:
             if cell.kind == "solution" and cell.exercise in lesson.exercises():
                 answers.setdefault(cell.exercise, cell.source)
         missing = set(lesson.exercises()) - set(answers)
-        expected = self.expected(sandbox, lesson, submission.student)
+        try:
+            expected = self.expected(sandbox, lesson, submission.student)
+        except LessonError as error:  # the instructor's problem: say so, grade the rest
+            base.reason = f"not graded: {error}"
+            return base
         cells, hidden = job_cells(lesson, answers)
         result = sandbox.run(cells, hidden, student=submission.student)
         base.exercises = compare(lesson, expected, result, missing)
