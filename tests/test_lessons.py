@@ -25,7 +25,13 @@ LESSONS = lesson_names()
 
 
 def test_there_are_lessons():
-    assert {"00-machine", "01-privilege", "02-trap-and-emulate"} <= set(LESSONS)
+    assert {
+        "00-machine",
+        "01-privilege",
+        "02-trap-and-emulate",
+        "04-paravirt",
+        "06-side-by-side",
+    } <= set(LESSONS)
 
 
 @pytest.fixture(scope="module")
