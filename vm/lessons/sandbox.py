@@ -314,6 +314,7 @@ def warm_up() -> None:
         guest.run(200_000)
         guest.step()
         guest.view()
+    helpers.boot_to_user("syscalls")  # (finds where user code starts, for every child)
 
 
 # --------------------------------------------------------------------------- the child
