@@ -17,6 +17,7 @@ import pytest
 
 from vm.lessons import runtime
 from vm.lessons.format import LessonError, lesson_names, lint, load_lesson
+from vm.lessons.grader import job_cells
 from vm.lessons.release import release, student_version, verify
 from vm.lessons.sandbox import Sandbox
 
@@ -51,6 +52,15 @@ def test_lesson_is_well_formed_and_paired(name):
 @pytest.mark.parametrize("name", LESSONS)
 def test_release_accepts_lesson_solutions_pass_and_stubs_fail(name, sandbox):
     assert verify(load_lesson(name), sandbox) == []
+
+
+@pytest.mark.parametrize("name", LESSONS)
+def test_grading_skips_views_and_experiments(name):
+    """Only setup cells, answers and tests run at grading: no widget is ever made."""
+    cells, _ = job_cells(load_lesson(name), None)
+    assert cells and all("widgets." not in c.source for c in cells)
+    assert {c.kind for c in cells} == {"setup", "solution", "tests"}
+    assert all("BEGIN HIDDEN" not in c.source for c in cells)
 
 
 def template_lesson(folder: Path, change=None) -> Path:

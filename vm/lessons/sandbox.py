@@ -25,6 +25,7 @@ import errno
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -100,16 +101,17 @@ class Sandbox:
         self.control, theirs = socket.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "vm.lessons.sandbox", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.scratch / "zygote.log", "w"),  # noqa: SIM115
-            env=env,
-            cwd=self.scratch,
-            start_new_session=True,
-        )
+        with open(self.scratch / "zygote.log", "w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "vm.lessons.sandbox", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=env,
+                cwd=self.scratch,
+                start_new_session=True,
+            )
         theirs.close()
         self.replies = self.control.makefile("r", encoding="utf-8")
         ready = self.replies.readline()
@@ -222,9 +224,7 @@ class Sandbox:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
-        for path in self.scratch.glob("**/*"):
-            with contextlib.suppress(OSError):
-                path.unlink()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
     def __enter__(self) -> Sandbox:
         return self
