@@ -77,6 +77,45 @@ import widgets
 widgets.Lab(vm.boot("syscalls", mode="trap-emulate"))
 
 # %% [markdown]
+# ### Exercise 02-exits (2 points): predict, then measure
+#
+# toyos's `syscalls` workload makes 2,000 `getpid` system calls (`int 0x80`, and `iret`
+# back to user mode). Predict how many exits **one** system call costs in each mode, on
+# average (whole numbers): under trap-and-emulate (every trap is an exit), under binary
+# translation (the kernel's sensitive instructions become callouts, not exits) and
+# paravirtualized (the guest kernel installed its own system-call gate). Then measure:
+# `vm.boot("syscalls", mode=...).run().stats["exits_by_reason"]`.
+
+# %% nbgrader={"grade": false, "grade_id": "02-exits", "locked": false, "schema_version": 3, "solution": true, "task": false}
+### BEGIN SOLUTION
+EXITS_PER_SYSCALL = {"trap-emulate": 2, "binary-translation": 1, "paravirt": 0}
+### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "02-exits-check", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+def measured_per_call(mode):
+    return round(vm.boot("syscalls", mode=mode).run().stats["exits"] / 2000)
+
+
+@lesson.test("02-exits")
+def trap_and_emulate(t):
+    hint = "the call traps in, and the way back out (iret) traps too"
+    mine = EXITS_PER_SYSCALL.get("trap-emulate")
+    t.expect(mine, measured_per_call("trap-emulate"), "exits per call, trap-and-emulate", hint=hint)
+
+
+### BEGIN HIDDEN TESTS
+@lesson.test("02-exits", hidden=True)
+def the_others(t):
+    for mode in ("binary-translation", "paravirt"):
+        t.expect(EXITS_PER_SYSCALL.get(mode), measured_per_call(mode), mode)
+
+
+### END HIDDEN TESTS
+
+check("02-exits")
+
+# %% [markdown]
 # ## 2. The emulator
 #
 # On a #GP from the guest kernel, the VMM decodes the instruction at the guest's EIP
