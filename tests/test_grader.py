@@ -109,6 +109,23 @@ def with_cell(notebook: dict, exercise: str, source: str | None) -> dict:
     return dict(notebook, cells=cells)
 
 
+def replaces_a_public_test(good: dict) -> dict:
+    """A wrong 00-registers, and a later answer cell that swaps that exercise's public test
+    for one that meets what check() said was expected."""
+    faults = next(
+        c["source"] for c in good["cells"]
+        if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") == "00-faults"
+    )  # fmt: skip
+    attack = (
+        "\n@lesson.test('00-registers')\n"
+        "def eax_holds_your_operation(t):\n"
+        "    t.expect('HALT', 'HALT', 'how it ended')\n"
+        "    t.expect(operation(**NUMBERS), 0, 'EAX')\n"
+    )
+    notebook = with_cell(good, "00-registers", "SOURCE = 'hlt'")
+    return with_cell(notebook, "00-faults", faults + attack)
+
+
 def write(folder: Path, student: str, notebook: dict | str) -> None:
     path = folder / student / f"{LESSON}.ipynb"
     path.parent.mkdir(parents=True)
@@ -125,6 +142,7 @@ def graded(tmp_path_factory):
     for name, (source, _, _) in HOSTILE.items():
         write(folder, name, with_cell(good, "00-registers", source))
     write(folder, "missing-cell", with_cell(good, "00-registers", None))
+    write(folder, "replaces-a-public-test", replaces_a_public_test(good))
     write(folder, "not-json", "{ this is not a notebook")
     limits = Limits(seconds=12, cell_seconds=3, memory=400 << 20, output=256 << 10)
     started = time.monotonic()
@@ -150,6 +168,12 @@ def test_hostile_submission_is_graded_with_a_reason(graded, name):
     _, score, reason = HOSTILE[name]
     assert grade.score == score, (grade.score, grade.reason)
     assert reason in grade.reason, grade.reason
+
+
+def test_an_answer_cannot_replace_a_test(graded):
+    grade = graded[0]["replaces-a-public-test"]
+    registers = grade.exercises[0]
+    assert registers.public == "1/2" and grade.score == WITHOUT_REGISTERS + 1
 
 
 def test_missing_cell_and_not_json(graded):
