@@ -447,6 +447,8 @@ def grade_folder(
     errors: list[BaseException] = []
 
     def worker() -> None:
+        if work.empty():
+            return
         try:
             with Sandbox(grader.limits, grader.deny) as sandbox:
                 while True:
@@ -465,7 +467,8 @@ def grade_folder(
         except BaseException as error:
             errors.append(error)
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, jobs))]
+    workers = max(1, min(jobs, len(todo)))
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
     for t in threads:
         t.start()
     for t in threads:
