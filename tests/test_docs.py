@@ -14,6 +14,7 @@ MODULES = [
     "vm.hypervisor.host",
     "vm.compare",
     "vm.consolidate",
+    "vm.lessons.runtime",
 ]
 
 
