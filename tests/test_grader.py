@@ -252,3 +252,33 @@ def test_bad_input_is_one_line(tmp_path):
         )
         assert run.returncode == 2
         assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr, run.stderr
+
+
+def test_a_sandbox_that_dies_is_replaced_and_the_batch_goes_on(tmp_path, monkeypatch):
+    from vm.lessons import grader as grader_module
+
+    folder, out = tmp_path / "subs", tmp_path / "out"
+    out.mkdir()
+    for n in range(3):
+        write(folder, f"s{n}", solved_notebook())
+    real_grade, killed = grader_module.Grader.grade, []
+
+    def grade_killing_the_first_zygote(self, sandbox, submission):
+        if not killed:
+            killed.append(submission.student)
+            os.kill(sandbox.process.pid, signal.SIGKILL)
+            sandbox.process.wait()
+        return real_grade(self, sandbox, submission)
+
+    monkeypatch.setattr(grader_module.Grader, "grade", grade_killing_the_first_zygote)
+    said = []
+    grades = grade_folder(
+        folder, out / "grades.csv", 1, None, Limits(seconds=30), progress=said.append
+    )
+    assert any("not graded" in line and "run again" in line for line in said)
+    assert sorted(g.student for g in grades) == sorted({"s0", "s1", "s2"} - set(killed))
+    monkeypatch.setattr(grader_module.Grader, "grade", real_grade)
+    again = grade_folder(
+        folder, out / "grades.csv", 1, None, Limits(seconds=30), progress=said.append
+    )
+    assert len(again) == 3 and all(g.score == FULL for g in again)

@@ -38,7 +38,7 @@ from vm.lessons.format import (
     load_lesson,
 )
 from vm.lessons.runtime import show
-from vm.lessons.sandbox import CellRun, JobResult, Limits, Sandbox
+from vm.lessons.sandbox import CellRun, JobResult, Limits, Sandbox, SandboxError
 
 
 @dataclass
@@ -449,23 +449,36 @@ def grade_folder(
     def worker() -> None:
         if work.empty():
             return
+        sandbox, failures = None, 0
         try:
-            with Sandbox(grader.limits, grader.deny) as sandbox:
-                while True:
-                    try:
-                        submission = work.get_nowait()
-                    except queue.Empty:
-                        return
+            sandbox = Sandbox(grader.limits, grader.deny)
+            while True:
+                try:
+                    submission = work.get_nowait()
+                except queue.Empty:
+                    return
+                try:
                     grade = grader.grade(sandbox, submission)
-                    with lock:
-                        journal.write(json.dumps(asdict(grade)) + "\n")
-                        journal.flush()
-                        os.fsync(journal.fileno())
-                        done[grade.key + "@" + grade.path] = grade
-                        reason = f"  ({grade.reason})" if grade.reason else ""
-                        progress(f"{grade.key}: {grade.score:g}/{grade.points:g}{reason}")
+                except SandboxError as error:  # not the submission's doing: a new sandbox
+                    failures += 1
+                    progress(f"{submission.student}: not graded ({error}); run again for it")
+                    sandbox.close()
+                    sandbox = None
+                    if failures > 3:
+                        raise
+                    sandbox = Sandbox(grader.limits, grader.deny)
+                    continue
+                with lock:
+                    journal.write(json.dumps(asdict(grade)) + "\n")
+                    journal.flush()
+                    os.fsync(journal.fileno())
+                    reason = f"  ({grade.reason})" if grade.reason else ""
+                    progress(f"{grade.key}: {grade.score:g}/{grade.points:g}{reason}")
         except BaseException as error:
             errors.append(error)
+        finally:
+            if sandbox is not None:
+                sandbox.close()
 
     workers = max(1, min(jobs, len(todo)))
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]

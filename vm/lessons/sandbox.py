@@ -40,6 +40,10 @@ MAX_MESSAGES = 4 << 20  # bytes a child may send back
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
+class SandboxError(RuntimeError):
+    """The sandbox itself (its zygote) failed: no fault of the job's."""
+
+
 @dataclass
 class Limits:
     """What one job may use."""
@@ -139,9 +143,13 @@ class Sandbox:
             "deny": self.deny,
             "limits": vars(self.limits),
         }
-        socket.send_fds(self.control, [json.dumps(job).encode() + b"\n"], [child_end.fileno()])
-        child_end.close()
-        pid = json.loads(self.replies.readline())["pid"]
+        try:
+            socket.send_fds(self.control, [json.dumps(job).encode() + b"\n"], [child_end.fileno()])
+            child_end.close()
+            pid = json.loads(self.replies.readline())["pid"]
+        except (OSError, ValueError, KeyError) as error:
+            mine.close()
+            raise SandboxError(f"the sandbox's zygote is gone ({error})") from None
         result = JobResult()
         deadline = started + self.limits.seconds
         try:
@@ -152,7 +160,10 @@ class Sandbox:
                 os.killpg(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-            status = json.loads(self.replies.readline())
+            try:
+                status = json.loads(self.replies.readline())
+            except ValueError:
+                raise SandboxError("the sandbox's zygote is gone") from None
         if not result.finished and not result.ended:
             result.ended = describe_status(status, self.limits)
         try:
