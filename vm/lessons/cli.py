@@ -83,6 +83,7 @@ def grade_command(args: argparse.Namespace) -> int:
     took = time.monotonic() - started
     print(
         f"graded {len(grades)} submissions in {took:.1f} s; wrote {args.output}, "
-        f"{args.output.with_suffix('.json')}, feedback/ and gradescope/"
+        f"{args.output.with_suffix('.json')}, {args.output.parent / 'feedback'}/ and "
+        f"{args.output.parent / 'gradescope'}/"
     )
     return 0

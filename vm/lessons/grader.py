@@ -426,6 +426,7 @@ def grade_folder(
     if lesson is not None:
         find_lesson(lesson, lessons)  # an unknown lesson: a LessonError now
     submissions = find_submissions(folder, lesson, lessons)
+    output.parent.mkdir(parents=True, exist_ok=True)
     journal_path = output.with_name(output.name + ".jsonl")
     done = read_journal(journal_path)
     todo = []
