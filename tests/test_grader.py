@@ -218,7 +218,8 @@ def test_resume_after_a_kill_regrades_nothing_finished(tmp_path):
         write(folder, f"s{n}", slow)
     journal = out / "grades.csv.jsonl"
     command = [sys.executable, "-m", "vm", "grade", str(folder), "-o", str(out / "grades.csv")]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    (tmp_path / "tmp").mkdir()  # (the killed run's sandbox leaves its scratch folder here)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(tmp_path / "tmp"))
     first = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not (journal.exists() and len(journal.read_text().splitlines()) >= 2):
