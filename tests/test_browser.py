@@ -4,6 +4,8 @@ the guest, and a screenshot kept in tests/artifacts/ (git-ignored)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import secrets
@@ -61,10 +63,18 @@ def stop_group(process: subprocess.Popen) -> None:
 
 @pytest.fixture
 def lab_server():
-    """A JupyterLab server on a free port with a token, over a temporary root that holds a
-    copy of the gallery; stopped (its whole process group) after the test."""
+    """A JupyterLab server over a copy of the gallery (see serve_lab)."""
+    with serve_lab([ROOT / "lessons" / "gallery.ipynb"]) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serve_lab(notebooks: list[Path]):
+    """A JupyterLab server on a free port with a token, over a temporary root that holds
+    copies of ``notebooks``; stopped (its whole process group) afterwards."""
     root = Path(tempfile.mkdtemp(prefix="vmlab-lab-"))
-    shutil.copy(ROOT / "lessons" / "gallery.ipynb", root / "gallery.ipynb")
+    for notebook in notebooks:
+        shutil.copy(notebook, root / notebook.name)
     port, token = free_port(), secrets.token_hex(16)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -183,3 +193,89 @@ def test_gallery_in_a_real_browser(lab_server):
         finally:
             browser.close()
     assert time.monotonic() - started < 90
+
+
+LESSONS = sorted(p for p in (ROOT / "lessons").glob("[0-9][0-9]-*.ipynb"))
+# lesson 00 in every run; the others (about 20 s each) with -m slow
+BROWSER_LESSONS = [
+    pytest.param(p, id=p.stem, marks=() if p.stem.startswith("00-") else pytest.mark.slow)
+    for p in LESSONS
+]
+
+
+@pytest.fixture(scope="module")
+def lessons_server():
+    with serve_lab(LESSONS) as server:
+        yield server
+
+
+def open_notebook(p, url: str, token: str, name: str, root: Path):
+    """A fresh browser on ``name`` with its kernel idle; returns (browser, page)."""
+    browser = p.chromium.launch_persistent_context(
+        str(root / f".chromium-{name}"),
+        executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+        args=CHROMIUM_ARGS,
+        headless=True,
+        viewport={"width": 1400, "height": 1000},
+    )
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(f"{url}/lab/tree/{name}?reset&token={token}")  # (reset: not the last layout)
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", state="attached")
+    page.wait_for_function(
+        "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+        " return w && w.sessionContext && w.sessionContext.session"
+        " && w.sessionContext.session.kernel"
+        " && w.sessionContext.session.kernel.status === 'idle'; }"
+    )
+    return browser, page
+
+
+@pytest.mark.parametrize("path", BROWSER_LESSONS)
+def test_lesson_in_a_real_browser(lessons_server, path):
+    """Each lesson, every cell run in JupyterLab: no error, every check answers, and a
+    view of the machine is on the page."""
+    from playwright.sync_api import sync_playwright
+
+    url, token, root = lessons_server
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / ".gitignore").write_text("*\n")
+    started = time.monotonic()
+    with sync_playwright() as p:
+        browser, page = open_notebook(p, url, token, path.name, root)
+        try:
+            # (not awaited: the command's promise ends only when every cell has run)
+            page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+            # cells out of view are not in the page (JupyterLab windows them): read the
+            # outputs from the notebook's model
+            page.wait_for_function(
+                "() => { const w = window.jupyterapp.shell.currentWidget;"
+                " const cells = w.content.widgets.filter(c => c.model.type === 'code');"
+                " const failed = cells.some(c => { const o = c.model.outputs;"
+                "   for (let i = 0; i < o.length; i++)"
+                "     if (o.get(i).type === 'error') return true; return false; });"
+                " return failed || (w.sessionContext.session.kernel.status === 'idle'"
+                "   && cells.every(c => c.model.executionCount !== null)); }",
+                timeout=150_000,
+            )
+            outputs = page.evaluate(
+                "() => window.jupyterapp.shell.currentWidget.content.widgets"
+                ".filter(c => c.model.type === 'code').map(c => { const o = c.model.outputs;"
+                " const all = []; for (let i = 0; i < o.length; i++) all.push(o.get(i).toJSON());"
+                " return all; })"
+            )
+            flat = [o for cell in outputs for o in cell]
+            errors = [o for o in flat if o.get("output_type") == "error"]
+            assert not errors, f"a cell raised: {errors[0].get('evalue')}"
+            text = json.dumps(flat)
+            checks = re.findall(r"(\d\d-[a-z-]+): public (\d+)/(\d+), hidden tests run", text)
+            assert len(checks) >= 2, "every exercise's check answered"
+            assert all(passed == total for _, passed, total in checks), checks
+            page.locator(".vmlab").first.wait_for(state="attached", timeout=30_000)  # a view
+            page.screenshot(path=str(ARTIFACTS / f"{path.stem}.png"), full_page=False)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / f"{path.stem}-failed.png"))
+            raise
+        finally:
+            browser.close()
+    assert time.monotonic() - started < 180

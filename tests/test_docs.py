@@ -15,6 +15,7 @@ MODULES = [
     "vm.compare",
     "vm.consolidate",
     "vm.containers",
+    "vm.lessons.runtime",
 ]
 
 

@@ -10,6 +10,8 @@ python -m vm consolidate [--guests N] [--mode MODE] [--workload NAME ...] [--pre
 python -m vm bench [--json] [--quick]
 python -m vm golden [--check]
 python -m vm demo
+python -m vm lessons list | key LESSON [--seed S | --student ID] | release [-o DIR]
+python -m vm grade SUBMISSIONS/ [-o grades.csv] [-j N] [--lesson LESSON]
 
 (--cost is the old name of --preset, and still works.)
 """
@@ -182,8 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     commands.add_parser("demo", help="a short tour in the terminal")
+    from vm.lessons.cli import add_commands
+
+    add_commands(commands)
     args = parser.parse_args(argv)
     try:
+        if args.command in ("lessons", "grade"):
+            from vm.lessons import cli as lessons_cli
+
+            return lessons_cli.run(args)
         if args.command == "run":
             return run_command(args)
         if args.command == "compare":
