@@ -30,6 +30,7 @@ def test_there_are_lessons():
         "00-machine",
         "01-privilege",
         "02-trap-and-emulate",
+        "03-hardware-assist",
         "04-paravirt",
         "06-side-by-side",
     } <= set(LESSONS)

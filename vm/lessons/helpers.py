@@ -235,3 +235,38 @@ def boot_with_sites(workload: str, sites) -> object:
         return vm.boot(workload, mode="trap-emulate")
     finally:
         patching.scan = original
+
+
+# ---- VMX non-root mode on a bare machine (lesson 03) ---------------------------------------
+
+
+def first_exit(source: str, budget: int = 1_000) -> dict[str, object]:
+    """Run ``source`` at ring 0 in VMX non-root mode (a bare machine with system tables)
+    with I/O, HLT, CPUID, CR3-load, CR3-store and INVLPG exiting on, and the VMM owning
+    CR0's PG and WP bits; stop at the first VM exit and return what the hardware reports:
+    ``{"reason": "IO", "qualification": ..., "length": ..., "value": ...}``."""
+    from vm.cpu import state as S
+
+    m = protected_machine()
+    try:
+        m.load_asm(source, LOAD_ADDRESS)
+    except AsmError as error:
+        raise GuestCodeError(f"your assembly does not assemble: {error}") from None
+    m.state[S.NON_ROOT] = 1
+    m.state[S.EXIT_CONTROLS] = (
+        S.EXIT_ON_IO
+        | S.EXIT_ON_HLT
+        | S.EXIT_ON_CPUID
+        | S.EXIT_ON_CR3_LOAD
+        | S.EXIT_ON_CR3_STORE
+        | S.EXIT_ON_INVLPG
+    )
+    m.state[S.CR0_GUEST_HOST_MASK] = S.CR0_PG | S.CR0_WP
+    m.state[S.CR0_READ_SHADOW] = int(m.state[S.CR0])
+    exit = m.run(budget)
+    return {
+        "reason": exit.reason.name,
+        "qualification": int(m.state[S.EXIT_QUALIFICATION]) & 0xFFFFFFFF,
+        "length": int(m.state[S.EXIT_INSTRUCTION_LENGTH]),
+        "value": int(m.state[S.EXIT_VALUE]) & 0xFFFFFFFF,
+    }
