@@ -32,6 +32,7 @@ def test_there_are_lessons():
         "02-trap-and-emulate",
         "03-hardware-assist",
         "04-paravirt",
+        "05-containers",
         "06-side-by-side",
     } <= set(LESSONS)
 
