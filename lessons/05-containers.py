@@ -64,7 +64,7 @@ TARGET = lesson.pick(
 NEIGHBOURS = lesson.sample("NEIGHBOURS", ["syscalls", "spawn", "io", "sleeper", "pagetable"], 2)
 SLOT = lesson.pick("SLOT", [0, 1, 2])
 TENANTS = lesson.pick("TENANTS", [3, 4, 5, 6, 8])
-MEASURE = 30_000_000  # instructions a weights run lasts (about 35 timer ticks)
+MEASURE = 20_000_000  # instructions a weights run lasts (about 23 timer ticks)
 
 
 def tenants(workloads, hostnames):
