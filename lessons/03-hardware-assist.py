@@ -156,8 +156,8 @@ def the_other_two(t):
 check("03-exits")
 
 # %% [markdown]
-# > **In real systems.** Intel SDM Vol. 3C, ch. 24-25 ("Virtual Machine Control
-# > Structures", "VMX Non-Root Operation") lists the controls: CR3-load and -store exiting,
+# > **In real systems.** Intel's SDM, Vol. 3C, the chapters "Virtual Machine Control
+# > Structures" and "VMX Non-Root Operation", lists the controls: CR3-load and -store exiting,
 # > INVLPG exiting, the exception bitmap, the I/O bitmaps, the CR0/CR4 guest/host masks.
 # > KVM sets them in `vmx.c` (`setup_vmcs_config`); with EPT on it turns CR3 and INVLPG
 # > exiting *off*. Device assignment (VFIO) hands the guest a real device, so its port and
@@ -167,7 +167,7 @@ check("03-exits")
 #
 # Lesson 02's VMM had to decode the guest's instruction to find out what it wanted. A
 # VT-x exit comes with a **qualification**, a number whose bits say it (Intel SDM Vol. 3C,
-# Table 27-3 and 27-5):
+# "Exit Qualification for Control-Register Accesses" and "... for I/O Instructions"):
 #
 # | exit | bits of the qualification |
 # |---|---|
@@ -271,7 +271,7 @@ check("03-qualification")
 
 # %% [markdown]
 # > **In real systems.** KVM's `handle_io` and `handle_cr` (arch/x86/kvm/vmx/vmx.c) do
-# > exactly this with `vmcs_readl(EXIT_QUALIFICATION)`; for a string instruction (`rep
+# > exactly this with the qualification they read from the VMCS (`vmx_get_exit_qual`); for a string instruction (`rep
 # > outsb`) or an MMIO access the qualification is not enough and KVM falls back on its
 # > instruction emulator. AMD-V calls it `EXITINFO1` in the VMCB.
 #
@@ -283,10 +283,10 @@ check("03-qualification")
 # Techniques for x86 Virtualization", ASPLOS 2006) and found the opposite on OS-heavy
 # work: a VM exit cost about 2,000 cycles on a Pentium 4, and with no hardware help for
 # the MMU, every guest page-table change and page fault is an exit (shadow paging). A
-# binary translator handles those with a cheap callout. Nested paging (AMD's NPT in 2008,
-# Intel's EPT with Nehalem: Bhargava et al., "Accelerating Two-Dimensional Page Walks for
-# Virtualized Systems", ASPLOS 2008) removed those exits, and exits got cheaper with each
-# generation (Haswell: about 500 cycles).
+# binary translator handles those with a cheap callout. Nested paging (AMD's NPT with
+# Barcelona, 2007-08; Intel's EPT with Nehalem, 2008; Bhargava et al., "Accelerating
+# Two-Dimensional Page Walks for Virtualized Systems", ASPLOS 2008) removed those exits,
+# and exits got cheaper with each generation (Haswell: about 500 cycles).
 #
 # ### Exercise 03-surprise (2 points): predict, then measure
 #
@@ -353,8 +353,8 @@ for preset in ("pentium4", "haswell"):
 # > **In real systems.** Adams & Agesen 2006, Figure 4: `ptemod` (page-table writes) cost
 # > 391 cycles under binary translation and 12,733 on the hardware VMM; `forkwait` took
 # > 36.9 s under BT and 106.4 s on VT-x; system calls were the hardware's win (no exit at
-# > all). VMware kept binary translation as its default for 32-bit guests until nested
-# > paging arrived; today KVM, Hyper-V, Xen HVM and VMware all rely on VT-x/AMD-V with
+# > all). VMware kept using binary translation for many 32-bit guests until nested paging
+# > arrived; today KVM, Hyper-V, Xen HVM and VMware all rely on VT-x/AMD-V with
 # > EPT/NPT.
 #
 # ## 4. The two-dimensional walk
