@@ -271,9 +271,10 @@ check("03-qualification")
 
 # %% [markdown]
 # > **In real systems.** KVM's `handle_io` and `handle_cr` (arch/x86/kvm/vmx/vmx.c) do
-# > exactly this with the qualification they read from the VMCS (`vmx_get_exit_qual`); for a string instruction (`rep
-# > outsb`) or an MMIO access the qualification is not enough and KVM falls back on its
-# > instruction emulator. AMD-V calls it `EXITINFO1` in the VMCB.
+# > exactly this with the qualification they read from the VMCS (`vmx_get_exit_qual`);
+# > for a string instruction (`rep outsb`) or an MMIO access the qualification is not
+# > enough and KVM falls back on its instruction emulator. AMD-V calls it `EXITINFO1` in
+# > the VMCB.
 #
 # ## 3. Adams & Agesen's surprise
 #

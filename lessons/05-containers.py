@@ -346,9 +346,9 @@ except ValueError as refused:
 # %% [markdown]
 # > **In real systems.** A container shares the host kernel's bugs: a kernel bug
 # > exploited from inside one (Dirty COW, CVE-2016-5195) reaches every other, and so does
-# > a hole in the runtime (the runc escape, CVE-2019-5736). That is why public clouds run containers inside lightweight VMs: Kata
-# > Containers, AWS Firecracker (Agache et al., NSDI 2020), Google's gVisor (a
-# > user-space kernel).
+# > a hole in the runtime (the runc escape, CVE-2019-5736). That is why public clouds
+# > run containers inside lightweight VMs: Kata Containers, AWS Firecracker (Agache et
+# > al., NSDI 2020), or behind Google's gVisor (a user-space kernel).
 #
 # ## 4. Density
 #
