@@ -13,6 +13,7 @@ import struct
 import numpy as np
 import pytest
 from systables import IDT, KERNEL_STACK, protected_machine, set_gate
+from test_commands import vm as vm_command
 from test_nojit import without_jit
 
 import vm
@@ -35,6 +36,27 @@ def native():
 
 
 # ---- toyos under hw-assist -----------------------------------------------------------------------
+
+
+def test_cli_paging_and_console_choose_the_run_and_refuse_other_modes():
+    out = vm_command(
+        "run", "--mode", "hw-assist", "--paging", "nested", "--console", "assigned",
+        "--workload", "syscalls", "--json",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    stats = json.loads(out.stdout)["stats"]
+    assert stats["paging"] == "nested" and "INT 0x80" not in stats["exits_by_reason"]
+    emulated = vm.boot("syscalls", "hw-assist", paging="nested").run()
+    console_outs = emulated.stats["exits_by_reason"]["IO"] - stats["exits_by_reason"]["IO"]
+    assert console_outs >= len(emulated.console)  # (an assigned console's OUTs do not exit)
+    table = vm_command("run", "--mode", "hw-assist", "--paging", "shadow", "--workload", "io")
+    assert table.returncode == 0 and "io: line 40" in table.stdout
+    assert "patched sites" not in table.stdout  # (nothing is patched under hardware assist)
+    assert "patched sites" in vm_command("run", "--mode", "trap-emulate").stdout
+    for flag, value in (("--paging", "nested"), ("--console", "assigned")):
+        bad = vm_command("run", "--mode", "paravirt", flag, value)
+        assert bad.returncode == 2 and f"{flag} is for --mode hw-assist" in bad.stderr
+        assert "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize("paging", PAGINGS)

@@ -4,7 +4,6 @@ matches its jupytext text pair (the text is the one edited)."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -46,9 +45,7 @@ def test_notebook_runs_headless(path, monkeypatch):
     client = NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
     )
-    started = time.monotonic()
     client.execute()  # raises CellExecutionError on the first error
-    took = time.monotonic() - started
     errors = [
         output
         for cell in notebook.cells
@@ -64,6 +61,5 @@ def test_notebook_runs_headless(path, monkeypatch):
     ]
     if path.name == "gallery.ipynb":
         assert len(shown) >= 7, "every view is displayed"
-    else:  # a lesson: a live view at least, and it runs top to bottom in under a minute
+    else:  # a lesson: a live view at least (its time: python -m vm bench --lessons)
         assert len(shown) >= 1, "a lesson shows the machine live"
-        assert took < 60, f"{path.name} took {took:.0f} s"
