@@ -208,6 +208,6 @@ check("06-density")
 # ## What you have seen
 #
 # The same kernel ran on bare metal, trapped and emulated (lesson 02), translated, and
-# paravirtualized (lesson 04); hardware assist (lesson 03) and containers (lesson 05) join
-# this table as they arrive in `vm.MODES`. The costs moved with the CPU generation; the
-# shapes the papers reported did not.
+# paravirtualized (lesson 04), in VT-x's non-root mode (lesson 03), and shared by
+# containers (lesson 05). The costs moved with the CPU generation; the shapes the papers
+# reported did not.

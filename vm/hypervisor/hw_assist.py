@@ -188,8 +188,11 @@ class HardwareAssistVM(VM):
     def launch_text(self) -> str:
         """One line saying how the VMCS is set (the event at launch)."""
         v = self.control_structure()
-        exits = [name.removesuffix("_exiting") for name, on in vars(v).items() if on is True]
-        exits.remove("non_root")
+        exits = [
+            name.removesuffix("_exiting")
+            for name, on in vars(v).items()
+            if on is True and name.endswith("_exiting")  # (not non_root, nested_paging)
+        ]
         vectors = ", ".join(f"#{n}" for n in v.exceptions_exiting()) or "none"
         io = "; I/O bitmap: console and exit device assigned" if self.assigned else ""
         return (
