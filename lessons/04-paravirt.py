@@ -27,7 +27,8 @@
 # 2. see the price: the paravirtual kernel dies with **#UD on bare metal**; and Linux's
 #    way around it, **pv_ops**: one binary that looks for its hypervisor at boot;
 # 3. write code that finds its hypervisor before it makes a hypercall;
-# 4. **batch** page-table updates, the trick that makes paravirtual memory management
+# 4. watch **event channels** take the place of interrupts;
+# 5. **batch** page-table updates, the trick that makes paravirtual memory management
 #    cheap.
 
 # %% tags=["setup"]
@@ -174,8 +175,39 @@ check("04-hypercall")
 # > announce themselves through CPUID leaf 0x40000000 ("XenVMMXenVMM", "KVMKVMKVM",
 # > "Microsoft Hv"; here "vmlabvmlabPV"); KVM guests use paravirtual clocks and
 # > interrupts (kvm-clock, PV EOI) the same way today.
+
+# %% [markdown]
+# ## 3. Events, not interrupts
 #
-# ## 3. Batching
+# A paravirtual guest has no interrupt controller to program and no IDT entry for the
+# timer. At boot it registers a *vcpu_info* page it shares with the VMM and an *event
+# callback* (one multicall, below). When the real timer ticks, the VMM marks **event
+# channel 0** pending in that page; the next time it enters the guest it calls the
+# callback, with the event mask byte set, the way the CPU clears IF when it delivers an
+# interrupt. The guest's `cli` and `sti` are stores to that mask byte: no trap at all.
+
+# %%
+events = vm.boot("sleeper", mode="paravirt")
+events.run_until("inject")  # to the first event delivered to the guest
+for event in events.events:
+    if event.kind in ("IRQ 0", "inject") or "set_callbacks" in event.text:
+        print(event)
+now = events.view()
+believed, held = bool(now.guest.eflags & 0x200), bool(now.hardware.eflags & 0x200)
+print(f"IF the guest believes: {believed} - IF the CPU holds: {held}")
+
+# %% [markdown]
+# In the callback the guest believes interrupts are off (its mask byte is set), while the
+# CPU's IF stays on: the VMM, not the guest, owns the real interrupts. Xen calls these
+# *event channels*: one per virtual interrupt source (timer, each virtual device, an IPI),
+# bits in a shared page the guest scans, and a hypercall to send one to another domain.
+#
+# > **In real systems.** Xen's `vcpu_info` holds `evtchn_upcall_pending` and
+# > `evtchn_upcall_mask` (xen/include/public/xen.h); Linux's Xen code turns them into
+# > ordinary IRQs (drivers/xen/events/). KVM's paravirtual EOI and async page faults use
+# > the same trick of a page shared with the host.
+#
+# ## 4. Batching
 #
 # Every hypercall is an exit. Xen's `mmu_update` takes a *list* of page-table updates and
 # `multicall` several hypercalls, so the kernel queues changes and sends them together,
