@@ -284,6 +284,7 @@ class Preprocessor:
 
     def evaluate(self, text: str, loc: Location, column: int) -> int:
         """A %if / %assign expression (numbers and defines only)."""
+        self.budget.spend(limits.WORK_EXPRESSION, loc, column)
         text = self.substitute(text, loc)
         tokens = tokenize(text, loc)
 
